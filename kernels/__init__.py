@@ -1,0 +1,35 @@
+"""Hot-path kernels. Each has a pure-torch reference (the CPU path) and, on CUDA, a Triton
+kernel of the same signature. The public functions here pick the kernel automatically; set
+``SEPCLI_KERNELS=reference`` to force the torch reference (for debugging)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from kernels.gemfilter_score.reference import gemfilter_scores_reference
+from kernels.ring_attention.reference import ring_attention_reference
+
+
+def use_triton(t: torch.Tensor) -> bool:
+    """Triton on CUDA tensors unless the reference is forced."""
+    return t.is_cuda and os.environ.get("SEPCLI_KERNELS", "auto") != "reference"
+
+
+def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale=1.0):
+    """See :func:`kernels.ring_attention.reference.ring_attention_reference` for shapes."""
+    if use_triton(q):
+        from kernels.ring_attention.triton_impl import ring_attention_triton
+
+        return ring_attention_triton(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale)
+    return ring_attention_reference(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale)
+
+
+def gemfilter_scores(q_last, keys, scale):
+    """See :func:`kernels.gemfilter_score.reference.gemfilter_scores_reference` for shapes."""
+    if use_triton(q_last):
+        from kernels.gemfilter_score.triton_impl import gemfilter_scores_triton
+
+        return gemfilter_scores_triton(q_last, keys, scale)
+    return gemfilter_scores_reference(q_last, keys, scale)

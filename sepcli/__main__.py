@@ -1,0 +1,3 @@
+from sepcli.cli import main
+
+main()

@@ -1,0 +1,124 @@
+"""A small adapter over HF RoPE decoders, so the engines can run a model layer by layer.
+
+The streaming engine and GemFilter need what HF's attention hides: queries and keys *before*
+RoPE, RoPE at positions of our choosing, and the ability to stop after layer r. Every supported
+family (Llama, Mistral, Qwen2, Qwen3, Phi-3) has the same block shape:
+
+    h = h + o_proj(attention(rope(q), rope(k), v))       q, k, v from input_layernorm(h)
+    h = h + mlp(post_attention_layernorm(h))
+
+and differs only in how q, k, v are projected (separate or fused ``qkv_proj``; Qwen3's per-head
+``q_norm``/``k_norm`` before RoPE). Those differences live in :func:`project_qkv` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sepcli.errors import UnsupportedModelError
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Attention shape of a model: heads, kv heads, head dim, softmax scale, layer count."""
+
+    layers: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    scale: float
+    context_length: int
+
+    @property
+    def group(self) -> int:
+        """Query heads per KV head (GQA ratio)."""
+        return self.q_heads // self.kv_heads
+
+
+def shape_of(model) -> Shape:
+    cfg = model.config
+    q_heads = cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // q_heads
+    attn = decoder_layers(model)[0].self_attn
+    return Shape(
+        layers=cfg.num_hidden_layers,
+        q_heads=q_heads,
+        kv_heads=getattr(cfg, "num_key_value_heads", None) or q_heads,
+        head_dim=head_dim,
+        scale=float(getattr(attn, "scaling", head_dim**-0.5)),
+        context_length=int(getattr(cfg, "max_position_embeddings", 0) or 0),
+    )
+
+
+def backbone(model):
+    """The decoder stack (``model.model`` for *ForCausalLM)."""
+    inner = getattr(model, "model", None)
+    if inner is None or not hasattr(inner, "layers"):
+        raise UnsupportedModelError(f"{type(model).__name__} has no decoder stack at .model.layers")
+    return inner
+
+
+def decoder_layers(model) -> torch.nn.ModuleList:
+    return backbone(model).layers
+
+
+def embed(model, input_ids: torch.Tensor) -> torch.Tensor:
+    """[B, T] ids -> [B, T, hidden]."""
+    return backbone(model).embed_tokens(input_ids)
+
+
+def rope_cos_sin(model, hidden: torch.Tensor, positions: torch.Tensor):
+    """cos, sin of shape [B, T, rot_dim] for integer ``positions`` [B, T] (any values)."""
+    return backbone(model).rotary_emb(hidden, positions)
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, H, T, D] by cos/sin [B, T, R] (R <= D: partial rotary leaves D-R dims as is)."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    rot = cos.shape[-1]
+    if rot == x.shape[-1]:
+        return x * cos + rotate_half(x) * sin
+    x_rot, x_pass = x[..., :rot], x[..., rot:]
+    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
+
+
+def project_qkv(layer, normed: torch.Tensor, shape: Shape):
+    """Pre-RoPE q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D] from normed hidden [B, T, hidden]."""
+    attn = layer.self_attn
+    b, t, _ = normed.shape
+    d = shape.head_dim
+    if hasattr(attn, "qkv_proj"):  # Phi-3: one fused projection
+        qkv = attn.qkv_proj(normed)
+        nq, nk = shape.q_heads * d, shape.kv_heads * d
+        q, k, v = qkv[..., :nq], qkv[..., nq : nq + nk], qkv[..., nq + nk :]
+    else:
+        q, k, v = attn.q_proj(normed), attn.k_proj(normed), attn.v_proj(normed)
+    q = q.view(b, t, shape.q_heads, d)  # (B, T, Hq, D)
+    k = k.view(b, t, shape.kv_heads, d)
+    v = v.view(b, t, shape.kv_heads, d)
+    if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+
+
+def attention_output(layer, attn: torch.Tensor) -> torch.Tensor:
+    """[B, Hq, T, D] attention result -> [B, T, hidden] through o_proj."""
+    b, h, t, d = attn.shape
+    return layer.self_attn.o_proj(attn.transpose(1, 2).reshape(b, t, h * d))
+
+
+def mlp_block(layer, hidden: torch.Tensor) -> torch.Tensor:
+    """Second half of a decoder block: residual + MLP(post_attention_layernorm(h))."""
+    return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+
+
+def logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """Final norm + LM head: [B, T, hidden] -> [B, T, vocab]."""
+    return model.lm_head(backbone(model).norm(hidden))

@@ -1,0 +1,77 @@
+"""What every command shares: option types, the error guard, and the stderr console.
+
+The CLI owns the terminal: answers and data go to stdout, everything else to stderr.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from sepcli.errors import SepcliError
+from sepcli.models import DEFAULT_MODEL
+
+err_console = Console(stderr=True, highlight=False)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="'smollm2' (embedded SmolLM2-135M-Instruct), a HF model id, a local folder, or a .gguf file.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp32")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
+
+MODEL_DEFAULT = DEFAULT_MODEL
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error to stderr and return the Exit to raise."""
+    first = " ".join(str(message).split())
+    err_console.print(f"[bold red]error:[/] {first}", markup=True, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def guarded(fn):
+    """Turn domain errors into one-line messages and exit codes; never show a traceback.
+
+    SepcliError -> its exit_code (2); Ctrl-C -> 130; anything else -> 1 with a one-line
+    message (SEPCLI_DEBUG=1 re-raises for a traceback).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except SepcliError as exc:
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise fail("interrupted", 130) from None
+        except BrokenPipeError:
+            # Downstream of a pipe closed early (e.g. `| head`): not an error of ours.
+            _silence_stdout()
+            raise typer.Exit(0) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
+            if os.environ.get("SEPCLI_DEBUG") == "1":
+                raise
+            raise fail(f"internal error: {type(exc).__name__}: {exc} (SEPCLI_DEBUG=1 for a traceback)", 1) from None
+
+    return wrapper
+
+
+def _silence_stdout() -> None:
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,5 @@
+"""Placeholder until this command lands; registers nothing."""
+
+
+def register(app) -> None:
+    return None

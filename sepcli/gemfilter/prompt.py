@@ -1,0 +1,93 @@
+"""The QA prompt: the model's chat template with the document first and the question last.
+
+The last prompt token is what "asks" in GemFilter's filter layer, so the question must come
+after the document. The prompt is tokenized in three pieces (template head + document,
+document, question + template tail) so we know exactly which token ids are document tokens;
+the document's char offsets per token are kept for highlighting and needle bookkeeping.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from sepcli.errors import ContextLimitError, InputError
+
+_SLOT = "\x00SEPCLI-DOCUMENT\x00"
+_PLAIN_TEMPLATE = "Read the document and answer the question.\n\nDocument:\n{doc}\n\nQuestion: {q}\nAnswer:"
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """Token ids of a prompt and where the document sits in it.
+
+    ids: [n] int64. Document tokens are ids[doc_start:doc_end].
+    doc_offsets: (start, end) char offsets into ``document`` for each document token.
+    """
+
+    ids: torch.Tensor
+    doc_start: int
+    doc_end: int
+    document: str
+    doc_offsets: list[tuple[int, int]]
+
+    @property
+    def n(self) -> int:
+        return int(self.ids.shape[0])
+
+    def document_mask(self) -> torch.Tensor:
+        """[n] bool, True on document tokens."""
+        mask = torch.zeros(self.n, dtype=torch.bool)
+        mask[self.doc_start : self.doc_end] = True
+        return mask
+
+    def tokens_of_chars(self, start: int, end: int) -> list[int]:
+        """Prompt positions of the document tokens overlapping document chars [start, end)."""
+        return [
+            self.doc_start + i for i, (s, e) in enumerate(self.doc_offsets) if s < end and e > start
+        ]
+
+
+def _user_message(question: str) -> str:
+    return f"{_SLOT}\n\nQuestion: {question}"
+
+
+def _template_text(tokenizer, question: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        messages = [{"role": "user", "content": _user_message(question)}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return _PLAIN_TEMPLATE.format(doc=_SLOT, q=question)
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    # The template text already carries BOS / role tokens as text: add nothing more.
+    return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+
+def build_prompt(tokenizer, document: str, question: str, context_length: int | None = None) -> Prompt:
+    """Chat-template prompt with the document then the question; raises InputError / ContextLimitError."""
+    if not document.strip():
+        raise InputError("the document is empty")
+    if not question.strip():
+        raise InputError("the question is empty")
+    head, tail = _template_text(tokenizer, question.strip()).split(_SLOT)
+    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+    doc_ids = enc["input_ids"]
+    offsets = [tuple(o) for o in enc["offset_mapping"]]
+    head_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
+    ids = head_ids + doc_ids + tail_ids
+    if context_length and len(ids) > context_length:
+        raise ContextLimitError(
+            f"the prompt is {len(ids)} tokens but the model's context is {context_length}: "
+            f"shrink the document first (e.g. run `sepcli gemfilter` on pieces of at most "
+            f"~{max(1, context_length - len(head_ids) - len(tail_ids) - 64)} tokens and join the "
+            "outputs), or use a model with a longer context"
+        )
+    return Prompt(
+        ids=torch.tensor(ids, dtype=torch.long),
+        doc_start=len(head_ids),
+        doc_end=len(head_ids) + len(doc_ids),
+        document=document,
+        doc_offsets=offsets,
+    )

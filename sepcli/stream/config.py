@@ -1,0 +1,71 @@
+"""What a streaming run keeps in its KV cache, and how many tokens it feeds per forward.
+
+The regions follow SepLLM (arXiv 2412.12094, streaming setting): ``init`` attention-sink tokens,
+up to ``sep`` separator tokens compressed out of older text, a local ``window`` of the newest
+tokens, and a hard ``capacity`` the cache never exceeds. The other methods reuse the same
+fields at the same budget: ``streamingllm`` keeps ``init`` sinks + ``capacity - init`` recent
+tokens, ``window`` the ``capacity`` most recent, ``full`` everything up to the model's context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from sepcli.errors import ConfigError
+
+METHODS = ("sepllm", "streamingllm", "window", "full")
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """Cache budget and chunking of one streaming run (defaults: the SepLLM 4M-token demo).
+
+    Attributes
+    ----------
+    method : which tokens the cache keeps (one of ``METHODS``).
+    init : the first tokens of the stream, kept forever (attention sinks).
+    sep : most separator tokens kept from text older than the local window.
+    window : the newest tokens, always kept (sepllm only).
+    capacity : most tokens in the cache, including those being processed. ``full`` ignores it
+        and uses the model's context length.
+    chunk : tokens per forward pass. 1 is the paper's token-by-token evaluation; sepllm is exact
+        for any chunk, streamingllm/window evict a whole chunk's room at once (see docs/stream.md).
+    """
+
+    method: str = "sepllm"
+    init: int = 4
+    sep: int = 64
+    window: int = 224
+    capacity: int = 324
+    chunk: int = 64
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        for name in ("init", "sep", "window", "capacity", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        for name in ("init", "sep"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("window", "capacity", "chunk"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if self.chunk > self.window:
+            raise ConfigError(f"--chunk {self.chunk} is larger than --window {self.window}")
+        if self.method == "sepllm" and self.capacity <= self.init + self.sep + self.window:
+            raise ConfigError(
+                f"--capacity {self.capacity} must be larger than init + sep + window = "
+                f"{self.init} + {self.sep} + {self.window} = {self.init + self.sep + self.window}"
+            )
+        if self.method == "streamingllm" and self.chunk > self.capacity - self.init:
+            raise ConfigError(
+                f"--chunk {self.chunk} does not fit next to {self.init} sink tokens in "
+                f"--capacity {self.capacity}"
+            )
+        if self.method == "window" and self.chunk > self.capacity:
+            raise ConfigError(f"--chunk {self.chunk} is larger than --capacity {self.capacity}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,123 @@
+"""Model resolution, loading, the GGUF conversion cache, device/dtype choice, architecture checks."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from sepcli import models
+from sepcli.errors import ModelError, UnsupportedModelError
+from sepcli.models import describe, load_model, resolve_dtype, resolve_source
+
+
+def save_tiny(tmp_path, tokenizer, tiny_llama, **kw):
+    folder = tmp_path / "tiny"
+    tiny_llama(**kw).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def test_default_alias_resolves_to_embedded_gguf():
+    for alias in ("smollm2", "default", "SmolLM2-135M-Instruct"):
+        src = resolve_source(alias)
+        assert src.kind == "gguf" and src.path.endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [("", "empty"), ("no-such-thing", "not found"), ("./missing.gguf", "no such GGUF")],
+)
+def test_bad_specs_raise_model_error(spec, fragment):
+    with pytest.raises(ModelError, match=fragment):
+        resolve_source(spec)
+
+
+def test_folder_without_config_and_non_gguf_file_are_refused(tmp_path):
+    with pytest.raises(ModelError, match="no config.json"):
+        resolve_source(str(tmp_path))
+    f = tmp_path / "weights.bin"
+    f.write_bytes(b"\0")
+    with pytest.raises(ModelError, match="not a .gguf"):
+        resolve_source(str(f))
+
+
+def test_unknown_hub_id_fails_fast_offline():
+    # local_files_only: must answer at once with a clear error, never try the network.
+    with pytest.raises(ModelError, match="not found locally"):
+        load_model("sepcli-test/definitely-not-cached")
+
+
+def test_auto_dtype_follows_hardware(monkeypatch):
+    monkeypatch.setattr(models, "cpu_has_bf16_matmul", lambda: True)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
+    monkeypatch.setattr(models, "cpu_has_bf16_matmul", lambda: False)
+    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
+    assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
+    with pytest.raises(ModelError, match="int8"):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
+def test_local_folder_loads_and_describes(tmp_path, tokenizer, tiny_llama):
+    folder = save_tiny(tmp_path, tokenizer, tiny_llama, layers=3, hidden=96, heads=6, kv_heads=2)
+    lm = load_model(str(folder), device="cpu", dtype="fp32")
+    facts = describe(lm)
+    assert facts["layers"] == 3 and facts["q_heads"] == 6 and facts["kv_heads"] == 2
+    assert facts["head_dim"] == 16 and facts["rope_theta"] == 10000.0
+    assert facts["dtype"] == "fp32" and facts["device"] == "cpu"
+    assert json.loads(json.dumps(facts)) == facts  # JSON-able as is
+
+
+def test_unsupported_architecture_is_named(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    folder = tmp_path / "gpt2"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(folder)
+    with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
+        load_model(str(folder))
+
+
+def test_failed_conversion_leaves_no_partial_cache(tmp_path, monkeypatch):
+    """A crash while writing the converted weights must not leave a folder that looks complete."""
+    monkeypatch.setenv("SEPCLI_CACHE_DIR", str(tmp_path / "cache"))
+    gguf = tmp_path / "broken.gguf"
+    gguf.write_bytes(b"GGUF but not really")
+    with pytest.raises(ModelError, match="could not convert"):
+        load_model(str(gguf))
+    leftovers = list((tmp_path / "cache" / "models").iterdir())
+    assert leftovers == []
+
+
+@pytest.mark.real
+def test_embedded_model_conversion_is_cached_and_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEPCLI_CACHE_DIR", str(tmp_path))
+    first = load_model("smollm2", device="cpu", dtype="fp32")
+    second = load_model("smollm2", device="cpu", dtype="fp32")
+    assert not first.from_cache and second.from_cache
+    assert second.load_s < first.load_s
+    (folder,) = (tmp_path / "models").iterdir()
+    assert (folder / "sepcli-complete.json").is_file()
+    assert list(folder.glob("*.safetensors"))
+    # Same weights either way.
+    for (n1, p1), (n2, p2) in zip(first.model.named_parameters(), second.model.named_parameters()):
+        assert n1 == n2 and torch.equal(p1, p2)
+
+
+@pytest.mark.real
+def test_embedded_model_facts_and_perplexity(real_model):
+    from sepcli.texts import essays_text
+
+    facts = describe(real_model)
+    assert facts["architecture"] == "LlamaForCausalLM"
+    assert (facts["layers"], facts["q_heads"], facts["kv_heads"]) == (30, 9, 3)
+    assert facts["head_dim"] == 64 and facts["context_length"] == 8192
+    assert facts["rope_theta"] == 100000.0
+    tok = real_model.tokenizer
+    ids = tok(essays_text(max_chars=3000), return_tensors="pt").input_ids[:, :512]
+    with torch.no_grad():
+        out = real_model.model(ids, labels=ids)
+    ppl = math.exp(out.loss.item())
+    assert 2.0 < ppl < 100.0, ppl

@@ -1,0 +1,33 @@
+"""Separator detection on the real tokenizer, merged tokens included."""
+
+from __future__ import annotations
+
+from sepcli.separators import is_separator_text, separator_mask, separator_token_ids
+
+
+def test_text_rule():
+    for text in (".", ",", " .", "\n\n", " \n", "...", "?!", "\t"):
+        assert is_separator_text(text), repr(text)
+    for text in ("", "a", " the", ".a", "-", "'", "\u00a0"):
+        assert not is_separator_text(text), repr(text)
+
+
+def test_real_tokenizer_merged_separators(tokenizer):
+    ids = set(separator_token_ids(tokenizer))
+    # Merged runs the reference's hard-coded lists miss: each must be one token here and a separator.
+    for text in ("\n\n", " .", " ,", "...", "  "):
+        enc = tokenizer(text, add_special_tokens=False).input_ids
+        assert len(enc) == 1, (text, enc)
+        assert enc[0] in ids, text
+    words = tokenizer(" hello world", add_special_tokens=False).input_ids
+    assert not ids.intersection(words)
+    assert not ids.intersection(tokenizer.all_special_ids)
+
+
+def test_mask_matches_ids(tokenizer):
+    mask = separator_mask(tokenizer)
+    assert mask.shape == (len(tokenizer),)
+    assert mask.nonzero().squeeze(-1).tolist() == separator_token_ids(tokenizer)
+    sentence = tokenizer("Yes. No, maybe?\n\nThen: go!", add_special_tokens=False).input_ids
+    flagged = [tokenizer.decode([t]) for t in sentence if mask[t]]
+    assert flagged and all(is_separator_text(t) for t in flagged)

@@ -22,7 +22,7 @@ def separator_token_ids(tokenizer) -> list[int]:
     vocab_size = len(tokenizer)
     ids = [i for i in range(vocab_size) if i not in special]
     texts = tokenizer.batch_decode([[i] for i in ids], clean_up_tokenization_spaces=False)
-    return [i for i, t in zip(ids, texts) if is_separator_text(t)]
+    return [i for i, t in zip(ids, texts, strict=True) if is_separator_text(t)]
 
 
 def separator_mask(tokenizer, device: torch.device | str = "cpu") -> torch.Tensor:

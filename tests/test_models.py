@@ -102,7 +102,7 @@ def test_embedded_model_conversion_is_cached_and_fast(tmp_path, monkeypatch):
     assert (folder / "sepcli-complete.json").is_file()
     assert list(folder.glob("*.safetensors"))
     # Same weights either way.
-    for (n1, p1), (n2, p2) in zip(first.model.named_parameters(), second.model.named_parameters()):
+    for (n1, p1), (n2, p2) in zip(first.model.named_parameters(), second.model.named_parameters(), strict=True):
         assert n1 == n2 and torch.equal(p1, p2)
 
 

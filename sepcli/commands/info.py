@@ -7,7 +7,15 @@ import json
 import typer
 from rich.table import Table
 
-from sepcli.cli_common import MODEL_DEFAULT, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, err_console, guarded
+from sepcli.cli_common import (
+    MODEL_DEFAULT,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    err_console,
+    guarded,
+)
 from sepcli.models import describe, load_model
 
 

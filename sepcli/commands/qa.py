@@ -1,5 +1,382 @@
-"""Placeholder until this command lands; registers nothing."""
+"""`sepcli ask`, `sepcli gemfilter`, `sepcli calibrate`: GemFilter document QA (thin CLI layer).
+
+Answers and selected text go to stdout (streamed as produced); status, --show and tables to stderr.
+Filter layers are numbered from 0 (the module index; the paper's "13 of 32" is 13).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from sepcli.cli_common import (
+    MODEL_DEFAULT,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    err_console,
+    guarded,
+)
+from sepcli.errors import ConfigError, InputError
+from sepcli.gemfilter import calibrate as cal
+from sepcli.gemfilter.config import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SMOOTH, DEFAULT_TOPK, QAConfig
+from sepcli.gemfilter.pipeline import Piece, Result, Selected, prepare, run_qa, select_tokens
+from sepcli.models import load_model
+
+DocArg = Annotated[
+    str,
+    typer.Argument(
+        help="Document file (UTF-8 text), or - to read stdin.", metavar="DOC", show_default=False
+    ),
+]
+QuestionArg = Annotated[
+    str,
+    typer.Argument(
+        help="The question (asked after the document).", metavar="QUESTION", show_default=False
+    ),
+]
+LayerOpt = Annotated[
+    str,
+    typer.Option(
+        "--layer",
+        help="Filter layer, 0-based (0 = first decoder layer), or 'auto': the layer stored by "
+        "`sepcli calibrate` for this model, else round(0.4 x layers).",
+    ),
+]
+TopkOpt = Annotated[
+    int,
+    typer.Option(
+        "--topk",
+        "-k",
+        help="Document tokens kept for the answer pass (with --protect the question and chat template are kept on top).",
+    ),
+]
+SmoothOpt = Annotated[
+    int, typer.Option("--smooth", help="Odd moving-average width over scores (1 = off).")
+]
+WindowOpt = Annotated[
+    str,
+    typer.Option(
+        "--window",
+        help="Whose queries score the document: 'question' (every token after the document), "
+        "'last' (the last token only, as in the paper), or a number of final prompt tokens.",
+    ),
+]
+ProtectOpt = Annotated[
+    bool,
+    typer.Option(
+        "--protect/--no-protect", help="Always keep the question and chat-template tokens."
+    ),
+]
 
 
-def register(app) -> None:
-    return None
+def read_document(doc: str) -> str:
+    """Text of a file or of stdin ('-'); InputError when missing, unreadable, not UTF-8 or empty."""
+    if doc == "-":
+        data = (
+            sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
+        )
+        where = "stdin"
+    else:
+        path = Path(doc).expanduser()
+        if not path.exists():
+            raise InputError(f"no such document: {doc}")
+        if not path.is_file():
+            raise InputError(f"not a file: {doc}")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise InputError(f"cannot read {doc}: {exc.strerror}") from exc
+        where = doc
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where} is not UTF-8 text (byte {exc.start})") from exc
+    if not text.strip():
+        raise InputError(f"the document ({where}) is empty")
+    return text
+
+
+def parse_layer(layer: str) -> int | None:
+    """'auto' -> None, else a non-negative int (ConfigError otherwise)."""
+    if layer.strip().lower() == "auto":
+        return None
+    try:
+        value = int(layer)
+    except ValueError:
+        raise ConfigError(
+            f"--layer must be 'auto' or a 0-based layer number, got {layer!r}"
+        ) from None
+    if value < 0:
+        raise ConfigError(f"--layer must be >= 0 (0-based) or 'auto', got {value}")
+    return value
+
+
+def parse_window(window: str) -> int | None:
+    """'question' -> None, 'last' -> 1, else a positive int (ConfigError otherwise)."""
+    w = window.strip().lower()
+    if w == "question":
+        return None
+    if w == "last":
+        return 1
+    try:
+        value = int(w)
+    except ValueError:
+        raise ConfigError(
+            f"--window must be 'question', 'last' or a number, got {window!r}"
+        ) from None
+    if value < 1:
+        raise ConfigError(f"--window must be >= 1, got {value}")
+    return value
+
+
+def _setup(doc, question, model, device, dtype, cfg: QAConfig):
+    """Validate cheap inputs first, then load and check the prompt fits.
+
+    Returns (lm, prompt, cfg with the layer resolved)."""
+    if not question.strip():
+        raise InputError("the question is empty")
+    document = read_document(doc)
+    with err_console.status(f"loading {model} ..."):
+        lm = load_model(model, device=device, dtype=dtype)
+    if cfg.method == "gemfilter":
+        if cfg.layer is None:
+            layer, origin = cal.auto_layer(lm.model, lm.name, lm.source)
+            cfg = QAConfig(**{**cfg.as_dict(), "layer": layer})
+        else:
+            origin = "given"
+    prompt = prepare(lm.model, lm.tokenizer, document, question, cfg)
+    if cfg.method == "gemfilter":
+        err_console.print(
+            f"[dim]{lm.name} ({lm.device}, {str(lm.dtype).removeprefix('torch.')}): gemfilter layer "
+            f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk}[/]"
+        )
+    return lm, prompt, cfg
+
+
+def show_selection(tokenizer, chosen: Selected) -> None:
+    """Render the document to stderr with the selected tokens highlighted."""
+    prompt = chosen.prompt
+    kept = set(chosen.indices.tolist())
+    text = Text()
+    doc = prompt.document
+    last = 0
+    for i, (s, e) in enumerate(prompt.doc_offsets):
+        if s > last:
+            text.append(doc[last:s], style="dim")
+        text.append(
+            doc[s:e], style="bold black on yellow" if prompt.doc_start + i in kept else "dim"
+        )
+        last = max(last, e)
+    text.append(doc[last:], style="dim")
+    n_doc = prompt.doc_end - prompt.doc_start
+    n_kept = sum(prompt.doc_start <= i < prompt.doc_end for i in kept)
+    err_console.rule(f"selected {n_kept} of {n_doc} document tokens (layer {chosen.layer})")
+    err_console.print(text)
+    err_console.rule()
+
+
+@guarded
+def ask(
+    doc: DocArg,
+    question: QuestionArg,
+    model: ModelOpt = MODEL_DEFAULT,
+    method: Annotated[str, typer.Option("--method", help="gemfilter | full")] = "gemfilter",
+    layer: LayerOpt = "auto",
+    topk: TopkOpt = DEFAULT_TOPK,
+    smooth: SmoothOpt = DEFAULT_SMOOTH,
+    window: WindowOpt = "question",
+    protect: ProtectOpt = True,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Answer length limit.")
+    ] = DEFAULT_MAX_NEW_TOKENS,
+    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
+    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature).")] = 0,
+    show: Annotated[
+        bool,
+        typer.Option("--show", help="Show the document with selected tokens highlighted (stderr)."),
+    ] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Answer QUESTION about DOC. GemFilter reads DOC with the early layers only, keeps the top-k
+    tokens the question points at, and answers from those; --method full reads everything."""
+    cfg = QAConfig(
+        method=method,
+        layer=parse_layer(layer),
+        topk=topk,
+        smooth=smooth,
+        window=parse_window(window),
+        protect=protect,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        seed=seed,
+    )
+    lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
+    for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg):
+        if isinstance(event, Selected) and show:
+            show_selection(lm.tokenizer, event)
+        elif isinstance(event, Piece) and not json_out:
+            typer.echo(event.text, nl=False)
+            sys.stdout.flush()
+        elif isinstance(event, Result):
+            if json_out:
+                out = event.as_dict()
+                out["model"] = lm.name
+                out["config"] = cfg.as_dict()
+                typer.echo(json.dumps(out))
+            else:
+                typer.echo("")
+
+
+@guarded
+def gemfilter(
+    doc: DocArg,
+    question: QuestionArg,
+    model: ModelOpt = MODEL_DEFAULT,
+    layer: LayerOpt = "auto",
+    topk: TopkOpt = DEFAULT_TOPK,
+    smooth: SmoothOpt = DEFAULT_SMOOTH,
+    window: WindowOpt = "question",
+    gap: Annotated[
+        str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
+    ] = " … ",
+    show: Annotated[
+        bool, typer.Option("--show", help="Also show the highlighted document (stderr).")
+    ] = False,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
+    file before giving it to another LLM. --json: indices (into the document's tokens) and scores."""
+    cfg = QAConfig(
+        method="gemfilter",
+        layer=parse_layer(layer),
+        topk=topk,
+        smooth=smooth,
+        window=parse_window(window),
+        protect=True,
+    )
+    lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
+    chosen = select_tokens(lm.model, prompt, cfg)
+    if show:
+        show_selection(lm.tokenizer, chosen)
+    doc_idx = [i for i in chosen.indices.tolist() if prompt.doc_start <= i < prompt.doc_end]
+    runs: list[list[int]] = []
+    for i in doc_idx:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    pieces = [lm.tokenizer.decode(prompt.ids[r].tolist()) for r in runs]
+    text = gap.join(pieces)
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "model": lm.name,
+                    "layer": cfg.layer,
+                    "topk": cfg.topk,
+                    "prompt_tokens": prompt.n,
+                    "document_tokens": prompt.doc_end - prompt.doc_start,
+                    "indices": [i - prompt.doc_start for i in doc_idx],
+                    "scores": [round(float(chosen.scores[i]), 6) for i in doc_idx],
+                    "text": text,
+                }
+            )
+        )
+    else:
+        typer.echo(text.strip())
+
+
+@guarded
+def calibrate(
+    model: ModelOpt = MODEL_DEFAULT,
+    topk: Annotated[
+        int, typer.Option("--topk", "-k", help="Top-k used to judge a layer.")
+    ] = cal.DEFAULT_CALIBRATION_TOPK,
+    needles: Annotated[
+        int, typer.Option("--needles", help="How many different needles (1-6).")
+    ] = cal.DEFAULT_NEEDLE_COUNT,
+    window: WindowOpt = "question",
+    lengths: Annotated[
+        str,
+        typer.Option(
+            "--lengths",
+            help="Comma-separated haystack lengths in tokens (default: 1/8, 1/4, 1/2 of the context).",
+        ),
+    ] = "",
+    save: Annotated[
+        bool, typer.Option("--save/--no-save", help="Store the choice for --layer auto.")
+    ] = True,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Find the best filter layer (0-based) for a model on a synthetic needle-in-a-haystack task
+    over the bundled essays; print accuracy per layer and store the choice for --layer auto."""
+    if topk <= 0:
+        raise ConfigError(f"--topk must be > 0, got {topk}")
+    win = parse_window(window)
+    try:
+        lens = [int(x) for x in lengths.split(",") if x.strip()] if lengths.strip() else None
+    except ValueError:
+        raise ConfigError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
+    with err_console.status(f"loading {model} ..."):
+        lm = load_model(model, device=device, dtype=dtype)
+    ctx = lm.model.config.max_position_embeddings
+    if lens and (min(lens) < 16 or max(lens) > ctx - 64):
+        raise ConfigError(f"--lengths must lie in 16..{ctx - 64} for this model, got {lengths}")
+    cases = cal.calibration_cases(lm.tokenizer, ctx, lengths=lens, needles=needles)
+    curve = None
+    with err_console.status("calibrating ...") as status:
+        for ev in cal.measure(lm.model, lm.tokenizer, cases, topk=topk, window=win):
+            if isinstance(ev, cal.Progress):
+                status.update(f"calibrating: case {ev.done}/{ev.total}")
+            else:
+                curve = ev
+    best = curve.best()
+    path = cal.save(lm.name, lm.source, curve) if save else None
+    if json_out:
+        typer.echo(
+            json.dumps(
+                {
+                    "model": lm.name,
+                    "layer": best,
+                    "layer_numbering": "0-based",
+                    "topk": topk,
+                    "cases": curve.cases,
+                    "accuracy": [curve.accuracy(r) for r in range(curve.layers)],
+                    "recall": [curve.recall(r) for r in range(curve.layers)],
+                    "stored_at": str(path) if path else None,
+                }
+            )
+        )
+        return
+    table = Table(title=f"{lm.name}: needle found in top-{topk} ({curve.cases} cases)")
+    table.add_column("layer", justify="right")
+    table.add_column("accuracy", justify="right")
+    table.add_column("recall", justify="right")
+    for r in range(curve.layers):
+        mark = " <- chosen" if r == best else ""
+        table.add_row(str(r), f"{curve.accuracy(r):.2f}", f"{curve.recall(r):.2f}{mark}")
+    from rich.console import Console
+
+    Console(highlight=False).print(table)
+    where = f"; stored in {path}" if path else " (not stored: --no-save)"
+    err_console.print(f"chosen filter layer: {best} (0-based){where}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("ask")(ask)
+    app.command("gemfilter")(gemfilter)
+    app.command("calibrate")(calibrate)

@@ -1,5 +1,305 @@
-"""Placeholder until this command lands; registers nothing."""
+"""`sepcli stream`: perplexity over text of any length with a fixed-size SepLLM KV cache.
+
+Thin on purpose: options -> StreamConfig, input -> token blocks, engine pieces -> metrics ->
+a rich live view on a terminal or JSON lines when piped. The tensor work is in sepcli/stream/.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from sepcli.cli_common import (
+    MODEL_DEFAULT,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    ModelOpt,
+    err_console,
+    guarded,
+)
+from sepcli.errors import ConfigError, InputError
+from sepcli.models import DTYPE_NAMES, load_model
+from sepcli.separators import separator_mask
+from sepcli.stream import checkpoint
+from sepcli.stream.config import METHODS, StreamConfig
+from sepcli.stream.engine import StreamEngine
+from sepcli.stream.metrics import RunMetrics, peak_rss_mb
+from sepcli.stream.reader import ReadStats, open_input, skip, stream_tokens
+
+D = StreamConfig()  # defaults are defined once, in the config
 
 
-def register(app) -> None:
-    return None
+class _StopFlag:
+    """Ctrl-C / SIGTERM ask the loop to stop after the current piece (a second Ctrl-C aborts)."""
+
+    def __init__(self):
+        self.requested = False
+        self._saved = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._saved[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
+class _JsonLines:
+    """One JSON object per report interval on stdout, then the summary line."""
+
+    def __init__(self, interval: float):
+        self.interval, self._last = interval, time.perf_counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def progress(self, snap: dict, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            typer.echo(json.dumps(snap))
+
+    def summary(self, summary: dict) -> None:
+        typer.echo(json.dumps(summary))
+
+
+class _LiveView:
+    """A rich table refreshed in place on the terminal."""
+
+    def __init__(self, interval: float):
+        self.console = Console(highlight=False)
+        self.interval, self._last = min(interval, 0.25), 0.0
+        self.live = Live(
+            _table({"tokens": 0}), console=self.console, refresh_per_second=4, transient=False
+        )
+
+    def __enter__(self):
+        self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.live.__exit__(*exc)
+        return False
+
+    def progress(self, snap: dict, force: bool = False) -> None:
+        now = time.perf_counter()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            self.live.update(_table(snap))
+
+    def summary(self, summary: dict) -> None:
+        self.live.update(_table(summary, title="summary"))
+
+
+def _table(snap: dict, title: str = "streaming") -> Table:
+    table = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")
+    cache = f"{snap.get('cache_used', 0)} / {snap.get('cache_capacity', '?')}"
+
+    def fmt(x):
+        return "-" if x is None else f"{x:,.3f}" if isinstance(x, float) else f"{x:,}"
+
+    table.add_row("tokens", fmt(snap.get("tokens", 0)))
+    table.add_row("perplexity", fmt(snap.get("ppl")))
+    table.add_row("recent perplexity", fmt(snap.get("recent_ppl")))
+    table.add_row("tokens/s", fmt(snap.get("tok_per_s")))
+    table.add_row("cache slots", cache)
+    table.add_row("memory (RSS MiB)", fmt(snap.get("rss_mb")))
+    table.add_row("elapsed s", fmt(snap.get("elapsed_s")))
+    return table
+
+
+@guarded
+def stream(
+    file: Annotated[str, typer.Argument(help="Text file to stream, or '-' for stdin.")] = "-",
+    model: ModelOpt = MODEL_DEFAULT,
+    method: Annotated[
+        str, typer.Option(help=f"KV cache policy: {' | '.join(METHODS)}.")
+    ] = D.method,
+    init: Annotated[
+        int, typer.Option("--init", help="Initial (sink) tokens kept forever.")
+    ] = D.init,
+    sep: Annotated[
+        int, typer.Option("--sep", help="Separator tokens kept from older text.")
+    ] = D.sep,
+    window: Annotated[
+        int, typer.Option("--window", help="Local window of newest tokens.")
+    ] = D.window,
+    capacity: Annotated[
+        int, typer.Option("--capacity", help="Max KV cache slots (sepllm: > init+sep+window).")
+    ] = D.capacity,
+    chunk: Annotated[
+        int, typer.Option("--chunk", help="Tokens per forward pass (1 = token by token).")
+    ] = D.chunk,
+    ppl: Annotated[
+        bool,
+        typer.Option("--ppl/--no-ppl", help="Score perplexity (--no-ppl only fills the cache)."),
+    ] = True,
+    json_out: JsonOpt = False,
+    max_tokens: Annotated[
+        int | None, typer.Option("--max-tokens", help="Stop after this many tokens of input.")
+    ] = None,
+    checkpoint_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--checkpoint",
+            help="Write the stream state here (at the end, on Ctrl-C, and --every N tokens).",
+        ),
+    ] = None,
+    every: Annotated[
+        int | None, typer.Option("--every", help="With --checkpoint: also write every N tokens.")
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="Continue from a checkpoint (same input, model and config)."),
+    ] = None,
+    interval: Annotated[
+        float, typer.Option("--interval", help="Seconds between progress reports.")
+    ] = 1.0,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "auto",
+) -> None:
+    """Stream a text of any length through the model with a fixed KV cache; report perplexity."""
+    # Every check on user input happens before the model loads and before anything is written.
+    config = StreamConfig(
+        method=method, init=init, sep=sep, window=window, capacity=capacity, chunk=chunk
+    )
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
+    if every is not None and (every < 1 or checkpoint_path is None):
+        raise ConfigError("--every N needs N >= 1 and --checkpoint PATH")
+    if interval < 0:
+        raise ConfigError(f"--interval must be >= 0, got {interval}")
+    if checkpoint_path is not None and checkpoint_path.is_dir():
+        raise ConfigError(f"--checkpoint {checkpoint_path} is a directory")
+    if file == "-" and sys.stdin.isatty():
+        raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
+    source = open_input(file)
+    try:
+        _run(
+            source,
+            file,
+            config,
+            model,
+            device,
+            dtype,
+            ppl,
+            json_out,
+            max_tokens,
+            checkpoint_path,
+            every,
+            resume,
+            interval,
+        )
+    finally:
+        if source is not sys.stdin.buffer:
+            source.close()
+
+
+def _run(
+    source,
+    file,
+    config,
+    model,
+    device,
+    dtype,
+    ppl,
+    json_out,
+    max_tokens,
+    checkpoint_path,
+    every,
+    resume,
+    interval,
+) -> None:
+    with err_console.status(f"loading {model} ..."):
+        lm = load_model(model, device=device, dtype=dtype)
+        engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
+    metrics = RunMetrics(engine.capacity)
+    meta = {"model": checkpoint.model_fingerprint(lm.model, lm.name), "config": config.to_dict()}
+    if resume is not None:
+        state = checkpoint.load(resume, meta)
+        engine.load_state_dict(state["engine"])
+        metrics.load_state_dict(state["metrics"])
+
+    resolved = {**config.to_dict(), "capacity": engine.capacity}
+    run_info = {
+        "model": lm.name,
+        "device": str(lm.device),
+        "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
+        "input": file,
+        "max_tokens": max_tokens,
+        "resumed_at": engine.seen if resume else None,
+    }
+    err_console.print(
+        "[dim]stream: "
+        + " ".join(f"{k}={v}" for k, v in {**resolved, **run_info}.items() if v is not None)
+        + "[/]"
+    )
+
+    stats = ReadStats()
+    blocks = stream_tokens(lm.tokenizer, source, stats, max_tokens)
+    if engine.seen:
+        blocks = skip(blocks, engine.seen)
+
+    def save() -> None:
+        checkpoint.save(checkpoint_path, meta, engine.state_dict(), metrics.state_dict())
+
+    use_json = json_out or not sys.stdout.isatty()
+    renderer = _JsonLines(interval) if use_json else _LiveView(interval)
+    interrupted, last_saved = False, engine.seen
+    with _StopFlag() as stop, renderer:
+        for piece in engine.run(blocks):
+            metrics.update(piece)
+            renderer.progress(metrics.snapshot())
+            if every and engine.seen - last_saved >= every:
+                save()
+                last_saved = engine.seen
+            if stop.requested:
+                interrupted = True
+                break
+        if checkpoint_path is not None:
+            save()
+        summary = {
+            "event": "summary",
+            **metrics.snapshot(),
+            "peak_rss_mb": round(peak_rss_mb(), 1),
+            "interrupted": interrupted,
+            "replaced_chars": stats.replaced,
+            "config": resolved,
+            **run_info,
+        }
+        renderer.summary(summary)
+    if stats.replaced:
+        err_console.print(
+            f"[yellow]warning:[/] {stats.replaced} undecodable byte sequence(s) replaced with U+FFFD"
+        )
+    if checkpoint_path is not None:
+        err_console.print(f"[dim]checkpoint written to {checkpoint_path} ({engine.seen} tokens)[/]")
+    if interrupted:
+        raise typer.Exit(130)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stream")(stream)

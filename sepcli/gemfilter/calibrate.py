@@ -1,12 +1,13 @@
 """Find a model's filter layer by measurement, store it per model, and resolve ``--layer auto``.
 
-For each synthetic needle case the stack runs once; at every layer the last token's scores are
+For each synthetic needle case the stack runs once; at every layer the query window's scores are
 taken (one pass gives all layers, see :func:`filter.layer_scores`). A case is a hit at layer r
 when at least half of the needle's tokens are among the top-k document tokens. The chosen
 layer maximises (hit rate, mean needle recall), preferring the earlier (cheaper) layer on ties.
 
-Without a stored calibration, ``--layer auto`` falls back to ``round(0.4 * layers)`` (0-based),
-the depth ratio of the paper's choice for Llama-3.1-8B (13 of 32).
+Without a stored calibration, ``--layer auto`` uses the layer we measured for a model we ship
+(:data:`MEASURED_LAYERS`: the embedded SmolLM2-135M-Instruct), else ``round(0.4 * layers)``
+(0-based), the depth ratio of the paper's choice for Llama-3.1-8B (13 of 32).
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ import torch
 
 from sepcli import arch
 from sepcli.errors import ConfigError
-from sepcli.gemfilter.config import DEFAULT_SMOOTH
+from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW
 from sepcli.gemfilter.filter import layer_scores, smooth_scores
 from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
 from sepcli.gemfilter.prompt import build_prompt
 from sepcli.models import cache_dir
 
 FALLBACK_RATIO = 0.4
+# Layers measured with `python bench/niah.py calibrate` (bench/results/niah-calibration.json),
+# used by `--layer auto` until the user runs `sepcli calibrate` on their own machine.
+MEASURED_LAYERS = {"SmolLM2-135M-Instruct": 17}
 HIT_RECALL = 0.5
 DEFAULT_CALIBRATION_TOPK = 256
 DEFAULT_DEPTHS = (0.1, 0.5, 0.9)
@@ -54,6 +58,7 @@ class Curve:
 
     layers: int
     topk: int
+    window: int | None = DEFAULT_WINDOW
     cases: int = 0
     hits: list[int] = field(default_factory=list)
     recall_sum: list[float] = field(default_factory=list)
@@ -69,7 +74,9 @@ class Curve:
         return self.recall_sum[layer] / max(1, self.cases)
 
     def best(self) -> int:
-        return max(range(self.layers), key=lambda r: (self.accuracy(r), round(self.recall(r), 3), -r))
+        return max(
+            range(self.layers), key=lambda r: (self.accuracy(r), round(self.recall(r), 3), -r)
+        )
 
 
 @dataclass
@@ -87,18 +94,24 @@ def needle_recall(case: NeedleCase, prompt, scores: torch.Tensor, topk: int, smo
 
 
 def measure(
-    model, tokenizer, cases: list[NeedleCase], topk: int = DEFAULT_CALIBRATION_TOPK, smooth: int = DEFAULT_SMOOTH
+    model,
+    tokenizer,
+    cases: list[NeedleCase],
+    topk: int = DEFAULT_CALIBRATION_TOPK,
+    smooth: int = DEFAULT_SMOOTH,
+    window: int | None = DEFAULT_WINDOW,
 ) -> Iterator[Progress | Curve]:
-    """Yield Progress after each case, then the Curve."""
+    """Yield Progress after each case, then the Curve (``window`` as in QAConfig)."""
     if topk <= 0:
         raise ConfigError(f"--topk must be > 0, got {topk}")
     shape = arch.shape_of(model)
     device = next(model.parameters()).device
-    curve = Curve(layers=shape.layers, topk=topk)
+    curve = Curve(layers=shape.layers, topk=topk, window=window)
     for i, case in enumerate(cases):
         prompt = build_prompt(tokenizer, case.document, case.question, shape.context_length or None)
         ids = prompt.ids.to(device).unsqueeze(0)
-        for layer, scores in layer_scores(model, ids, range(shape.layers)):
+        scored = layer_scores(model, ids, range(shape.layers), prompt.window(window))
+        for layer, scores in scored:
             r = needle_recall(case, prompt, scores[0].cpu(), topk, smooth)
             curve.recall_sum[layer] += r
             curve.hits[layer] += r >= HIT_RECALL
@@ -107,10 +120,18 @@ def measure(
     yield curve
 
 
-def calibration_cases(tokenizer, context_length: int, lengths=None, depths=DEFAULT_DEPTHS, needles=DEFAULT_NEEDLE_COUNT):
+def calibration_cases(
+    tokenizer,
+    context_length: int,
+    lengths=None,
+    depths=DEFAULT_DEPTHS,
+    needles=DEFAULT_NEEDLE_COUNT,
+):
     if needles < 1 or needles > len(NEEDLES):
         raise ConfigError(f"--needles must be in 1..{len(NEEDLES)}, got {needles}")
-    return make_grid(tokenizer, lengths or default_lengths(context_length), depths, NEEDLES[:needles])
+    return make_grid(
+        tokenizer, lengths or default_lengths(context_length), depths, NEEDLES[:needles]
+    )
 
 
 # ---------------------------------------------------------------- storage
@@ -132,6 +153,7 @@ def save(model_name: str, model_source: str, curve: Curve, extra: dict | None = 
         "layer": curve.best(),
         "layer_numbering": "0-based",
         "topk": curve.topk,
+        "window": "question" if curve.window is None else curve.window,
         "cases": curve.cases,
         "accuracy": [round(curve.accuracy(r), 4) for r in range(curve.layers)],
         "recall": [round(curve.recall(r), 4) for r in range(curve.layers)],
@@ -161,9 +183,12 @@ def load(model_name: str, model_source: str) -> dict | None:
 
 
 def auto_layer(model, model_name: str, model_source: str) -> tuple[int, str]:
-    """(0-based layer, where it came from: 'calibrated' | 'fallback')."""
+    """(0-based layer, where it came from: 'calibrated' | 'measured' | 'fallback')."""
     layers = arch.shape_of(model).layers
     record = load(model_name, model_source)
     if record is not None and 0 <= int(record["layer"]) < layers:
         return int(record["layer"]), "calibrated"
+    measured = MEASURED_LAYERS.get(model_name)
+    if measured is not None and 0 <= measured < layers:
+        return measured, "measured"
     return fallback_layer(layers), "fallback"

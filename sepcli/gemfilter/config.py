@@ -15,8 +15,9 @@ METHODS = ("gemfilter", "full")
 # Chosen from bench/niah.py (see docs/gemfilter.md): the defaults the CLI exposes.
 DEFAULT_TOPK = 1024
 DEFAULT_MAX_NEW_TOKENS = 64
-DEFAULT_SMOOTH = 1  # average-pool width over the scores; 1 = none (the reference uses 5)
+DEFAULT_SMOOTH = 5  # average-pool width over the scores (as the reference); 1 = none
 DEFAULT_PROTECT = True  # always keep the template head and the question tail
+DEFAULT_WINDOW = None  # None = the question: every prompt token after the document votes
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,14 @@ class QAConfig:
 
     layer: 0-based filter layer r (layers above r never run in the filter pass); None = not yet
         resolved (``--layer auto`` resolves it from the calibration, see ``calibrate.auto_layer``).
-    topk: tokens kept for the answer pass (min(topk, n) are kept).
+    topk: document tokens kept for the answer pass (min(topk, n); without ``protect`` it counts
+        every prompt token, as in the paper).
     smooth: odd width of the moving average over scores before top-k (1 = off).
-    protect: keep every non-document prompt token (system/template head, question, tail) and
-        spend the top-k budget on the document only.
+    protect: keep every non-document prompt token (system/template head, question, tail) on
+        top of the top-k document tokens.
+    window: how many of the last prompt tokens' queries score the keys (their scores are
+        summed); 1 = the paper's last token only; None = the question and template tail
+        (every token after the document).
     max_new_tokens, temperature (0 = greedy), seed: decoding.
     """
 
@@ -37,6 +42,7 @@ class QAConfig:
     topk: int = DEFAULT_TOPK
     smooth: int = DEFAULT_SMOOTH
     protect: bool = DEFAULT_PROTECT
+    window: int | None = DEFAULT_WINDOW
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     seed: int = 0
@@ -50,6 +56,8 @@ class QAConfig:
             raise ConfigError(f"--topk must be > 0, got {self.topk}")
         if self.smooth < 1 or self.smooth % 2 == 0:
             raise ConfigError(f"--smooth must be an odd width >= 1, got {self.smooth}")
+        if self.window is not None and self.window < 1:
+            raise ConfigError(f"--window must be >= 1 or 'question', got {self.window}")
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         if not self.temperature >= 0.0:  # also rejects NaN

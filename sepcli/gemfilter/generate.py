@@ -14,7 +14,10 @@ import torch
 def stop_ids(model, tokenizer) -> set[int]:
     """Token ids that end an answer: the tokenizer's EOS and the generation config's EOS ids."""
     ids: set[int] = set()
-    for value in (getattr(tokenizer, "eos_token_id", None), getattr(model.generation_config, "eos_token_id", None)):
+    for value in (
+        getattr(tokenizer, "eos_token_id", None),
+        getattr(model.generation_config, "eos_token_id", None),
+    ):
         if isinstance(value, int):
             ids.add(value)
         elif value:
@@ -51,7 +54,9 @@ def generate_ids(
     x = ids.to(device).unsqueeze(0)  # (1, T)
     pos = torch.arange(x.shape[1], device=device).unsqueeze(0)
     for _ in range(max_new_tokens):
-        out = model(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=x, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+        )
         tok = _next_token(out.logits[0, -1], temperature, generator)
         if tok in stop:
             return

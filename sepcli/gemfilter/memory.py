@@ -29,7 +29,7 @@ def rss_bytes() -> int:
 class PeakMemory:
     """``with PeakMemory(device) as pm: ...`` then ``pm.peak_bytes`` and ``pm.kind``."""
 
-    def __init__(self, device: torch.device, interval_s: float = 0.002):
+    def __init__(self, device: torch.device, interval_s: float = 0.01):
         self.device = torch.device(device)
         self.interval_s = interval_s
         self.peak_bytes = 0

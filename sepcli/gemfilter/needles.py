@@ -80,7 +80,9 @@ def _haystack(chars: int) -> str:
     return _HAY_CACHE[chars]
 
 
-def make_case(tokenizer, needle: Needle, length_tokens: int, depth: float, offset_chars: int = 0) -> NeedleCase:
+def make_case(
+    tokenizer, needle: Needle, length_tokens: int, depth: float, offset_chars: int = 0
+) -> NeedleCase:
     """Haystack of ~``length_tokens`` tokens (needle included) with the needle at ``depth`` (0..1).
 
     offset_chars: where in the essays the haystack starts (different needles can use different text).

@@ -67,13 +67,16 @@ def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Pr
 def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
     """Filter pass + top-k for a prepared prompt."""
     device = next(model.parameters()).device
-    scores = filter_scores(model, prompt.ids.to(device), cfg.layer).float().cpu()
+    window = prompt.window(cfg.window)
+    scores = filter_scores(model, prompt.ids.to(device), cfg.layer, window).float().cpu()
     keep = ~prompt.document_mask() if cfg.protect else None
     indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
     return Selected(prompt, indices, scores, cfg.layer)
 
 
-def run_qa(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Iterator[Selected | Piece | Result]:
+def run_qa(
+    model, tokenizer, document: str, question: str, cfg: QAConfig
+) -> Iterator[Selected | Piece | Result]:
     """Yield ``Selected`` (gemfilter only), then ``Piece``s of the answer, then one ``Result``.
 
     ``ttft_s`` runs from the call (prompt building included) to the first answer token.
@@ -92,8 +95,12 @@ def run_qa(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Ite
         else:
             ids = prompt.ids
         tokens = generate_ids(
-            model, ids, cfg.max_new_tokens, temperature=cfg.temperature,
-            stop=stop_ids(model, tokenizer), seed=cfg.seed,
+            model,
+            ids,
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            stop=stop_ids(model, tokenizer),
+            seed=cfg.seed,
         )
         for piece, _ in stream_text(tokenizer, tokens):
             n_new += 1

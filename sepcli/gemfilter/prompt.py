@@ -15,7 +15,9 @@ import torch
 from sepcli.errors import ContextLimitError, InputError
 
 _SLOT = "\x00SEPCLI-DOCUMENT\x00"
-_PLAIN_TEMPLATE = "Read the document and answer the question.\n\nDocument:\n{doc}\n\nQuestion: {q}\nAnswer:"
+_PLAIN_TEMPLATE = (
+    "Read the document and answer the question.\n\nDocument:\n{doc}\n\nQuestion: {q}\nAnswer:"
+)
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,10 @@ class Prompt:
     @property
     def n(self) -> int:
         return int(self.ids.shape[0])
+
+    def window(self, window: int | None) -> int:
+        """Query window in tokens: ``window``, or for None every token after the document."""
+        return max(1, min(self.n, self.n - self.doc_end if window is None else window))
 
     def document_mask(self) -> torch.Tensor:
         """[n] bool, True on document tokens."""
@@ -65,7 +71,9 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def build_prompt(tokenizer, document: str, question: str, context_length: int | None = None) -> Prompt:
+def build_prompt(
+    tokenizer, document: str, question: str, context_length: int | None = None
+) -> Prompt:
     """Chat-template prompt with the document then the question; raises InputError / ContextLimitError."""
     if not document.strip():
         raise InputError("the document is empty")

@@ -59,11 +59,13 @@ class StreamEngine:
     model : a HF *ForCausalLM of a family :mod:`sepcli.arch` supports, eval mode.
     config : the cache budget and chunk size.
     separators : [vocab] bool lookup, True for separator ids (:func:`sepcli.separators.separator_mask`).
+    score : compute per-token NLL (False skips the LM head: the cache is filled, nothing scored).
     """
 
-    def __init__(self, model, config: StreamConfig, separators: torch.Tensor):
+    def __init__(self, model, config: StreamConfig, separators: torch.Tensor, score: bool = True):
         self.model = model
         self.config = config
+        self.score = score
         self.shape = arch.shape_of(model)
         self.layers = arch.decoder_layers(model)
         param = next(model.parameters())
@@ -75,8 +77,12 @@ class StreamEngine:
         self.policy = make_policy(config, self.capacity)
         self.separators = separators.to(self.device)
         self.ring = RingKV(
-            self.shape.layers, self.shape.kv_heads, self.shape.head_dim, self.capacity,
-            device=self.device, dtype=self.dtype,
+            self.shape.layers,
+            self.shape.kv_heads,
+            self.shape.head_dim,
+            self.capacity,
+            device=self.device,
+            dtype=self.dtype,
         )
         self.seen = 0  # tokens fed so far = text index of the next token
         self.carry: torch.Tensor | None = None  # [vocab] fp32 logits of the last token fed
@@ -85,7 +91,9 @@ class StreamEngine:
         if config.method != "full":
             return config.capacity
         if self.shape.context_length <= 0:
-            raise ConfigError("method 'full' needs the model's context length, and the config has none")
+            raise ConfigError(
+                "method 'full' needs the model's context length, and the config has none"
+            )
         return self.shape.context_length
 
     # ------------------------------------------------------------------ the loop
@@ -120,7 +128,12 @@ class StreamEngine:
         slots = self.ring.claim(text_idx, self.separators[ids])
         slot_pos = self.ring.slot_positions()  # (S,) shared by every layer
         q_pos = slot_pos[slots]  # (P,) = L .. L+P-1: the piece continues the cache
-        logits = self._forward(ids, slots, slot_pos, q_pos)  # (P, V)
+        h = self._forward(ids, slots, slot_pos, q_pos)  # (1, P, hidden)
+        self.seen += p
+        if not self.score:
+            empty = torch.zeros(0)
+            return PieceStats(p, 0, 0.0, empty, self.ring.used, self.seen)
+        logits = arch.logits(self.model, h)[0]  # (P, V)
 
         # logits at t score token t+1; the first token of the piece uses the carried row.
         rows, targets = logits[:-1], ids[1:]
@@ -128,7 +141,6 @@ class StreamEngine:
             rows, targets = torch.cat((self.carry[None], rows)), ids
         nll = F.cross_entropy(rows.float(), targets, reduction="none")
         self.carry = logits[-1].float()
-        self.seen += p
         return PieceStats(
             tokens=p,
             scored=int(nll.numel()),
@@ -139,18 +151,24 @@ class StreamEngine:
         )
 
     def _forward(self, ids, slots, slot_pos, q_pos) -> torch.Tensor:
-        """One pass of the decoder over a piece; -> logits [P, V]."""
+        """One pass of the decoder layers over a piece; -> last hidden states [1, P, hidden]."""
         h = arch.embed(self.model, ids[None])  # (1, P, hidden)
         for i, layer in enumerate(self.layers):
             q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), self.shape)  # (1, H, P, D)
             self.ring.write(i, slots, k, v)
             o = ring_attention(
-                q, self.ring.k[i], self.ring.v[i], slot_pos, q_pos,
-                self.inv_freq, self.shape.scale, self.rope_scale,
+                q,
+                self.ring.k[i],
+                self.ring.v[i],
+                slot_pos,
+                q_pos,
+                self.inv_freq,
+                self.shape.scale,
+                self.rope_scale,
             )  # (1, Hq, P, D)
             h = h + arch.attention_output(layer, o)
             h = arch.mlp_block(layer, h)
-        return arch.logits(self.model, h)[0]
+        return h
 
     # ------------------------------------------------------------------ checkpointing
 

@@ -1,0 +1,317 @@
+"""GemFilter benchmarks on the embedded model: calibration curve, needle-in-a-haystack grid,
+and time-to-first-token / peak memory at the longest context. Results go to bench/results/,
+the heatmap to docs/.
+
+    python bench/niah.py calibrate            # accuracy per filter layer (also stores the choice)
+    python bench/niah.py grid                 # full vs gemfilter k=256/512/1024 over lengths x depths x needles
+    python bench/niah.py speed                # TTFT + peak memory, gemfilter vs full, one run
+    python bench/niah.py plot                 # heatmap PNG from the grid results
+
+The grid uses needles the calibration never saw (calibration: needles 0-2; grid: 3-5), so the
+chosen layer is not tuned on the test cases. All runs: CPU, 2 threads, model dtype auto (bf16).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sepcli.gemfilter import calibrate as cal  # noqa: E402
+from sepcli.gemfilter.config import QAConfig  # noqa: E402
+from sepcli.gemfilter.filter import select  # noqa: E402
+from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
+from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
+from sepcli.gemfilter.pipeline import answer_text, prepare, select_tokens  # noqa: E402
+from sepcli.models import load_model  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+
+
+def _env(lm) -> dict:
+    return {
+        "model": lm.name,
+        "device": str(lm.device),
+        "dtype": str(lm.dtype),
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+
+
+def _write(name: str, payload: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def _answer_from_ids(lm, ids: torch.Tensor, max_new: int, case=None) -> str:
+    """Greedy answer; with ``case``, stops as soon as the answer is correct. Greedy decoding is
+    deterministic, so the verdict equals that of decoding all ``max_new`` tokens (only the
+    stored text is shorter) and the 2 shared CPU cores are spared."""
+    toks = generate_ids(lm.model, ids, max_new, stop=stop_ids(lm.model, lm.tokenizer))
+    text = ""
+    for piece, _ in stream_text(lm.tokenizer, toks):
+        text += piece
+        if case is not None and case.is_correct(text):
+            break
+    return text
+
+
+def cmd_calibrate(args, lm) -> None:
+    shape_ctx = lm.model.config.max_position_embeddings
+    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+    cases = cal.calibration_cases(lm.tokenizer, shape_ctx, lengths=lengths, needles=args.needles)
+    curve = None
+    window = None if args.window == "question" else int(args.window)
+    scored = cal.measure(
+        lm.model, lm.tokenizer, cases, topk=args.topk, window=window, smooth=args.smooth
+    )
+    for ev in scored:
+        if isinstance(ev, cal.Progress):
+            print(f"case {ev.done}/{ev.total}", file=sys.stderr, flush=True)
+        else:
+            curve = ev
+    path = cal.save(lm.name, lm.source, curve)
+    _write(
+        "niah-calibration.json",
+        {
+            "command": "python bench/niah.py calibrate " + " ".join(sys.argv[2:]),
+            "env": _env(lm),
+            "lengths": lengths or cal.default_lengths(shape_ctx),
+            "depths": list(cal.DEFAULT_DEPTHS),
+            "needles": args.needles,
+            "topk": curve.topk,
+            "cases": curve.cases,
+            "chosen_layer": curve.best(),
+            "accuracy": [curve.accuracy(r) for r in range(curve.layers)],
+            "recall": [curve.recall(r) for r in range(curve.layers)],
+            "stored_at": str(path),
+        },
+    )
+    if args.plot:
+        _plot_curves()
+
+
+def _plot_curves() -> None:
+    """Hit rate per layer for each stored calibration run (query window 'question' vs 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for path in sorted(RESULTS.glob("niah-calibration*.json")):
+        d = json.loads(path.read_text())
+        xs = list(range(len(d["accuracy"])))
+        label = f"window={d.get('window', 1)}: hit rate (best layer {d['chosen_layer']})"
+        ax.plot(xs, d["accuracy"], marker="o", label=label)
+    ax.set_xlabel("filter layer (0-based)")
+    ax.set_ylabel(">= 50% of needle in top-k")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(
+        f"SmolLM2-135M-Instruct calibration (top-{d['topk']}, {d['cases']} cases)", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "gemfilter-calibration.png", dpi=110)
+
+
+def cmd_grid(args, lm) -> None:
+    ctx = lm.model.config.max_position_embeddings
+    lengths = (
+        [int(x) for x in args.lengths.split(",")] if args.lengths else [1024, 2048, 4096, ctx - 192]
+    )
+    depths = [float(x) for x in args.depths.split(",")]
+    needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
+    layer = (
+        args.layer if args.layer is not None else cal.auto_layer(lm.model, lm.name, lm.source)[0]
+    )
+    ks = [int(k) for k in args.topks.split(",")]
+    variants = [(s, p) for s in (1, 5) for p in (False, True)]  # selection-only ablation
+    rows = []
+    out_name = args.out or "niah-grid.json"
+    for i, case in enumerate(make_grid(lm.tokenizer, lengths, depths, needles)):
+        row = {"length": case.length_tokens, "depth": case.depth, "needle": case.needle.answer}
+        base = QAConfig(method="full", max_new_tokens=args.max_new_tokens)
+        if not args.skip_full:
+            r = answer_text(lm.model, lm.tokenizer, case.document, case.question, base)
+            row["full"] = {
+                "correct": case.is_correct(r.answer),
+                "answer": r.answer,
+                "ttft_s": r.ttft_s,
+            }
+        cfg = QAConfig(
+            method="gemfilter", layer=layer, topk=max(ks), max_new_tokens=args.max_new_tokens
+        )
+        prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
+        if not args.skip_full:
+            ans = _answer_from_ids(lm, prompt.ids, args.max_new_tokens, case)
+            row["full"] = {"correct": case.is_correct(ans), "answer": ans}
+        t0 = time.perf_counter()
+        chosen = select_tokens(lm.model, prompt, cfg)
+        row["filter_s"] = time.perf_counter() - t0
+        row["prompt_tokens"] = prompt.n
+        needle_pos = prompt.tokens_of_chars(*case.needle_chars)
+        doc_mask = prompt.document_mask()
+        for k in ks:
+            recall = {}
+            for smooth, protect in variants:
+                idx = select(chosen.scores, k, smooth=smooth, keep=~doc_mask if protect else None)
+                kept = set(idx.tolist())
+                recall[f"smooth{smooth}-protect{int(protect)}"] = sum(
+                    p in kept for p in needle_pos
+                ) / len(needle_pos)
+            idx = select(
+                chosen.scores, k, smooth=cfg.smooth, keep=~doc_mask if cfg.protect else None
+            )
+            ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens)
+            row[f"gemfilter{k}"] = {
+                "correct": case.is_correct(ans),
+                "answer": ans,
+                "recall": recall,
+            }
+        rows.append(row)
+        print(
+            f"[{i + 1}] {json.dumps({k: (v['correct'] if isinstance(v, dict) else v) for k, v in row.items()})}",
+            file=sys.stderr,
+            flush=True,
+        )
+        _write(
+            out_name,
+            {
+                "command": "python bench/niah.py grid " + " ".join(sys.argv[2:]),
+                "env": _env(lm),
+                "layer": layer,
+                "smooth": cfg.smooth,
+                "protect": cfg.protect,
+                "topks": ks,
+                "lengths": lengths,
+                "depths": depths,
+                "needles": [n.answer for n in needles],
+                "max_new_tokens": args.max_new_tokens,
+                "rows": rows,
+            },
+        )
+
+
+def cmd_speed(args, lm) -> None:
+    ctx = lm.model.config.max_position_embeddings
+    length = args.length or ctx - 192
+    case = make_grid(lm.tokenizer, [length], [0.5], NEEDLES[3:4])[0]
+    layer = (
+        args.layer if args.layer is not None else cal.auto_layer(lm.model, lm.name, lm.source)[0]
+    )
+    runs = []
+    for rep in range(args.repeats):
+        for method in args.methods.split(","):
+            cfg = QAConfig(
+                method=method, layer=layer, topk=args.topk, max_new_tokens=args.max_new_tokens
+            )
+            r = answer_text(lm.model, lm.tokenizer, case.document, case.question, cfg)
+            runs.append({"rep": rep, **r.as_dict()})
+            print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
+    _write(
+        f"niah-speed-{args.methods.replace(',', '-')}-layer{layer}.json",
+        {
+            "command": "python bench/niah.py speed " + " ".join(sys.argv[2:]),
+            "env": _env(lm),
+            "length": length,
+            "layer": layer,
+            "topk": args.topk,
+            "runs": runs,
+        },
+    )
+
+
+def cmd_plot(args, lm=None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data = json.loads((RESULTS / (args.out or "niah-grid.json")).read_text())
+    rows = data["rows"]
+    methods = [m for m in ["full"] + [f"gemfilter{k}" for k in data["topks"]] if m in rows[0]]
+    lengths, depths = data["lengths"], data["depths"]
+    # One depth: one row per needle instead (a 1-row heatmap says little).
+    ykey, ys = ("depth", depths) if len(depths) > 1 else ("needle", data["needles"])
+    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 2.6), squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        grid = torch.zeros(len(ys), len(lengths))
+        count = torch.zeros_like(grid)
+        for row in rows:
+            i, j = ys.index(row[ykey]), lengths.index(row["length"])
+            grid[i, j] += float(row[m]["correct"])
+            count[i, j] += 1
+        acc = grid / count.clamp(min=1)
+        ax.imshow(acc.numpy(), vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        for i in range(len(ys)):
+            for j in range(len(lengths)):
+                ax.text(j, i, f"{acc[i, j]:.2f}", ha="center", va="center", fontsize=7)
+        ax.set_xticks(range(len(lengths)), [str(x) for x in lengths], fontsize=7)
+        ylabels = [f"{d:.0%}" for d in ys] if ykey == "depth" else [str(y) for y in ys]
+        ax.set_yticks(range(len(ys)), ylabels, fontsize=7)
+        ax.set_xlabel("context tokens", fontsize=8)
+        ax.set_title(f"{m}: {sum(r[m]['correct'] for r in rows) / len(rows):.2f}", fontsize=9)
+    axes[0][0].set_ylabel(f"needle ({ykey})" if ykey == "needle" else "needle depth", fontsize=8)
+    fig.tight_layout()
+    DOCS.mkdir(exist_ok=True)
+    fig.savefig(DOCS / "gemfilter-niah.png", dpi=110)
+    print(f"wrote {DOCS / 'gemfilter-niah.png'}", file=sys.stderr)
+    _plot_curves()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("what", choices=["calibrate", "grid", "speed", "plot"])
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--layer", type=int, default=None, help="0-based filter layer (default: calibrated)"
+    )
+    p.add_argument("--topk", type=int, default=cal.DEFAULT_CALIBRATION_TOPK)
+    p.add_argument("--topks", default="256,512,1024")
+    p.add_argument("--needles", type=int, default=3)
+    p.add_argument("--needle-from", type=int, default=3)
+    p.add_argument("--lengths", default=None)
+    p.add_argument("--depths", default="0.1,0.5,0.9")
+    p.add_argument("--length", type=int, default=None)
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument(
+        "--methods",
+        default="full,gemfilter",
+        help="speed: methods in run order (one per process is fairest on CPU)",
+    )
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--skip-full", action="store_true")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--window", default="question", help="'question' or a number of last tokens")
+    p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
+    p.add_argument("--out", default=None, help="grid results file name under bench/results/")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.what == "plot":
+        return cmd_plot(args)
+    lm = load_model(args.model)
+    {"calibrate": cmd_calibrate, "grid": cmd_grid, "speed": cmd_speed}[args.what](args, lm)
+
+
+if __name__ == "__main__":
+    main()

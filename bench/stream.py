@@ -1,0 +1,247 @@
+"""Benchmarks of the streaming engine (numbers in docs/stream.md come from here).
+
+    python bench/stream.py throughput [--tokens 4000] [--chunk 64] [--segment 320]
+    python bench/stream.py quality    [--tokens 8000] [--plot docs/stream_ppl.png]
+    python bench/stream.py chunking   [--tokens 2000]
+    python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
+
+All runs use the embedded SmolLM2-135M-Instruct (bf16 on a CPU with AMX, as `sepcli stream`
+does by default) and the bundled essays. Ratios are measured side by side in one process.
+Set OMP_NUM_THREADS to pin the thread count (we used 1 on a shared 2-core machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the install
+
+import torch  # noqa: E402
+
+from sepcli.models import load_model  # noqa: E402
+from sepcli.separators import separator_mask  # noqa: E402
+from sepcli.stream.config import StreamConfig  # noqa: E402
+from sepcli.stream.engine import StreamEngine  # noqa: E402
+from sepcli.stream.metrics import peak_rss_mb, rss_mb  # noqa: E402
+from sepcli.texts import essays_text  # noqa: E402
+
+if "OMP_NUM_THREADS" in os.environ:
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+def essay_ids(tok, n: int) -> list[int]:
+    """BOS + the first n tokens of the essays (repeated if needed)."""
+    text = essays_text()
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    while len(ids) < n:
+        ids = ids + ids
+    return [tok.bos_token_id] + ids[:n]
+
+
+def engine_run(lm, seps, ids, cfg) -> tuple[torch.Tensor, float, list]:
+    """-> per-token NLL [n-1], seconds, piece stats."""
+    engine = StreamEngine(lm.model, cfg, seps)
+    t0 = time.perf_counter()
+    stats = list(engine.run([ids]))
+    dt = time.perf_counter() - t0
+    return torch.cat([s.nll for s in stats]), dt, stats
+
+
+@torch.inference_mode()
+def hf_chunks(lm, ids, chunk) -> float:
+    """Plain HF forward over the same tokens in chunks, no cache (the compute floor)."""
+    t0 = time.perf_counter()
+    for i in range(0, len(ids), chunk):
+        lm.model(torch.tensor([ids[i : i + chunk]]), use_cache=False)
+    return time.perf_counter() - t0
+
+
+@torch.inference_mode()
+def hf_token_loop(lm, ids, cache) -> float:
+    """One token per forward with HF's KV cache, like the reference evaluation loops."""
+    t0 = time.perf_counter()
+    for tok in ids:
+        lm.model(torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+    return time.perf_counter() - t0
+
+
+def timed_feed(engine, ids) -> float:
+    t0 = time.perf_counter()
+    for _ in engine.run([ids]):
+        pass
+    return time.perf_counter() - t0
+
+
+def throughput(args, lm, seps) -> dict:
+    """Interleaved rounds (engine, HF chunked, HF piece-sized, token loops) on the same tokens,
+    so that load changes on a shared machine hit every contender alike."""
+    from transformers import DynamicCache
+
+    ids = essay_ids(lm.tokenizer, args.tokens)
+    engine = StreamEngine(lm.model, StreamConfig(chunk=args.chunk), seps)
+    engine1 = StreamEngine(lm.model, StreamConfig(chunk=1), seps)
+    cache = DynamicCache()
+    timed_feed(engine, ids[:400])  # warm up, and fill the cache to its steady state
+    piece = StreamConfig().capacity - (
+        StreamConfig().init + StreamConfig().sep + StreamConfig().window
+    )
+    seg, loop_n = args.segment, args.loop_tokens
+    t = {
+        "engine": 0.0,
+        "hf_chunked": 0.0,
+        "hf_piece_sized": 0.0,
+        "token_loop": 0.0,
+        "engine_chunk1": 0.0,
+    }
+    n = n_loop = 0
+    for i in range(400, len(ids) - seg + 1, seg):
+        part = ids[i : i + seg]
+        t["engine"] += timed_feed(engine, part)
+        t["hf_chunked"] += hf_chunks(lm, part, args.chunk)
+        t["hf_piece_sized"] += hf_chunks(lm, part, piece)
+        t["token_loop"] += hf_token_loop(lm, part[:loop_n], cache)
+        t["engine_chunk1"] += timed_feed(engine1, part[:loop_n])
+        n, n_loop = n + seg, n_loop + loop_n
+    res = {"tokens": n, "loop_tokens": n_loop, "chunk": args.chunk, "steady_piece_tokens": piece}
+    for k, v in t.items():
+        res[f"{k}_tok_s"] = (n_loop if k in ("token_loop", "engine_chunk1") else n) / v
+    res["ratio_vs_hf_chunked"] = res["engine_tok_s"] / res["hf_chunked_tok_s"]
+    res["ratio_vs_hf_piece_sized"] = res["engine_tok_s"] / res["hf_piece_sized_tok_s"]
+    res["ratio_vs_token_loop"] = res["engine_tok_s"] / res["token_loop_tok_s"]
+    return res
+
+
+QUALITY_CONFIGS = {
+    324: dict(init=4, sep=64, window=224, capacity=324),
+    800: dict(init=4, sep=64, window=256, capacity=800),
+}
+
+
+def quality(args, lm, seps) -> dict:
+    ids = essay_ids(lm.tokenizer, args.tokens)
+    out, curves = {}, {}
+    for c, sizes in QUALITY_CONFIGS.items():
+        for method in ("sepllm", "streamingllm", "window"):
+            cfg = StreamConfig(method=method, chunk=args.chunk, **sizes)
+            nll, dt, stats = engine_run(lm, seps, ids, cfg)
+            used = [s.cache_used for s in stats]
+            out[f"{method}@{c}"] = {
+                "ppl": math.exp(nll.mean()),
+                "avg_cache": sum(u * s.tokens for u, s in zip(used, stats, strict=True))
+                / sum(s.tokens for s in stats),
+                "tok_s": len(ids) / dt,
+            }
+            if c == 324:
+                curves[method] = torch.exp(
+                    torch.cumsum(nll.double(), 0) / torch.arange(1, nll.numel() + 1)
+                )
+            print(json.dumps({f"{method}@{c}": out[f"{method}@{c}"]}), flush=True)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for method, curve in curves.items():
+            ax.plot(range(1, curve.numel() + 1), curve.numpy(), label=method)
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("running perplexity")
+        ax.set_ylim(bottom=0, top=float(max(c[200:].max() for c in curves.values())) * 1.1)
+        ax.set_title(
+            f"SmolLM2-135M on the essays, capacity 324 (a=4 s=64 w=224), chunk {args.chunk}"
+        )
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+    return out
+
+
+def chunking(args, lm, seps) -> dict:
+    """Perplexity of chunk 1 vs the default chunk for each method (c=324)."""
+    ids = essay_ids(lm.tokenizer, args.tokens)
+    out = {}
+    for method in args.methods.split(","):
+        ppl = {}
+        for chunk in (1, args.chunk):
+            nll, _, _ = engine_run(lm, seps, ids, StreamConfig(method=method, chunk=chunk))
+            ppl[chunk] = math.exp(nll.mean())
+        out[method] = {
+            "ppl_chunk1": ppl[1],
+            f"ppl_chunk{args.chunk}": ppl[args.chunk],
+            "rel_diff": (ppl[args.chunk] - ppl[1]) / ppl[1],
+        }
+        print(json.dumps({method: out[method]}), flush=True)
+    return out
+
+
+def memory(args, lm, seps) -> dict:
+    """RSS at token marks of one long run (current and peak)."""
+    ids_block = essay_ids(lm.tokenizer, 150_000)[1:]
+    marks = sorted(int(m) for m in args.marks.split(","))
+    engine = StreamEngine(lm.model, StreamConfig(chunk=args.chunk), seps)
+
+    def blocks():
+        yield [lm.tokenizer.bos_token_id]
+        sent = 0
+        while sent < args.tokens:
+            yield ids_block[: args.tokens - sent]
+            sent += len(ids_block)
+
+    out, i = {}, 0
+    for piece in engine.run(blocks()):
+        while i < len(marks) and piece.seen >= marks[i]:
+            out[marks[i]] = {"rss_mb": rss_mb(), "peak_rss_mb": peak_rss_mb()}
+            print(json.dumps({marks[i]: out[marks[i]]}), flush=True)
+            i += 1
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "what",
+        nargs="?",
+        default="throughput",
+        choices=["throughput", "quality", "chunking", "memory"],
+    )
+    parser.add_argument("--tokens", type=int, default=None)
+    parser.add_argument("--chunk", type=int, default=StreamConfig().chunk)
+    parser.add_argument("--plot", default=None)
+    parser.add_argument("--marks", default="20000,500000")
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--methods", default="sepllm,streamingllm,window", help="chunking: methods")
+    parser.add_argument("--segment", type=int, default=320, help="throughput: tokens per round")
+    parser.add_argument(
+        "--loop-tokens", type=int, default=16, help="throughput: token-loop tokens per round"
+    )
+    args = parser.parse_args()
+    args.tokens = (
+        args.tokens
+        or {"throughput": 4000, "quality": 8000, "chunking": 2000, "memory": 500_000}[args.what]
+    )
+    lm = load_model("smollm2", dtype=args.dtype)
+    seps = separator_mask(lm.tokenizer)
+    fn = {"throughput": throughput, "quality": quality, "chunking": chunking, "memory": memory}[
+        args.what
+    ]
+    result = {
+        "bench": args.what,
+        "dtype": str(lm.dtype),
+        "threads": torch.get_num_threads(),
+        **fn(args, lm, seps),
+    }
+    print(json.dumps(result, default=str))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Save and restore a stream mid-way: ring, counters and running metrics, written atomically.
+
+A checkpoint records what it was made with (model fingerprint + stream config); resuming with
+anything else is refused, as is a file that is not a readable checkpoint. Resuming re-reads the
+same input and skips the tokens already fed, so the final perplexity equals an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from sepcli import arch
+from sepcli.errors import CheckpointError
+
+FORMAT = "sepcli-stream-checkpoint/1"
+
+
+def model_fingerprint(model, name: str) -> dict:
+    """What must match for a checkpoint to be valid: the model's shape and a weights digest."""
+    shape = arch.shape_of(model)
+    emb = arch.backbone(model).embed_tokens.weight
+    sample = emb[:: max(1, emb.shape[0] // 256)].detach().float().cpu().contiguous()
+    return {
+        "name": name,
+        "model_type": model.config.model_type,
+        "layers": shape.layers,
+        "kv_heads": shape.kv_heads,
+        "head_dim": shape.head_dim,
+        "vocab_size": int(emb.shape[0]),
+        "dtype": str(emb.dtype).replace("torch.", ""),
+        "weights_sha": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16],
+    }
+
+
+def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) -> None:
+    """Write atomically: a temp file in the same folder, fsync, then rename over ``path``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint path {path} is a directory")
+    payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "metrics": metrics_state}
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise CheckpointError(
+                f"cannot write checkpoint {path}: {exc.strerror or exc}"
+            ) from None
+        raise
+
+
+def load(path: str | Path, meta: dict) -> dict:
+    """Read and check a checkpoint against the current run's ``meta``; -> the payload."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"no such checkpoint: {path}")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse means corrupt
+        raise CheckpointError(
+            f"{path} is not a readable sepcli checkpoint ({type(exc).__name__})"
+        ) from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a sepcli stream checkpoint")
+    diffs = _differences(payload.get("meta", {}), meta)
+    if diffs:
+        raise CheckpointError(f"checkpoint {path} was written for another run: {'; '.join(diffs)}")
+    return payload
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        a, b = saved.get(key), current.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key} is {a!r} there, {b!r} here")
+    return out

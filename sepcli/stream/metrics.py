@@ -1,0 +1,121 @@
+"""Running numbers of a stream: perplexity (whole run and recent tokens), speed, cache, memory."""
+
+from __future__ import annotations
+
+import math
+import resource
+import time
+from collections import deque
+
+from sepcli.stream.engine import PieceStats
+
+RECENT_TOKENS = 1024
+
+
+def rss_mb() -> float:
+    """Current resident memory of this process in MiB (Linux /proc; 0 where unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class RunMetrics:
+    """Accumulates :class:`PieceStats`; ``snapshot()`` gives the numbers the CLI reports.
+
+    ``tokens`` counts scored tokens (every token but the stream's first). Speed counts the
+    tokens processed in this process only, so a resumed run reports its own speed.
+    """
+
+    def __init__(self, capacity: int, recent: int = RECENT_TOKENS):
+        self.capacity = capacity
+        self.recent = recent
+        self.tokens = 0
+        self.nll_sum = 0.0
+        self.cache_used = 0
+        self._window: deque[tuple[int, float]] = deque()  # (scored, nll_sum) of recent pieces
+        self._window_tokens = 0
+        self._window_nll = 0.0
+        self._session_tokens = 0
+        self._start = time.perf_counter()
+
+    def update(self, piece: PieceStats) -> None:
+        self.tokens += piece.scored
+        self.nll_sum += piece.nll_sum
+        self.cache_used = piece.cache_used
+        self._session_tokens += piece.tokens
+        self._push(piece.scored, piece.nll_sum)
+
+    def _push(self, n: int, nll: float) -> None:
+        if n == 0:
+            return
+        self._window.append((n, nll))
+        self._window_tokens += n
+        self._window_nll += nll
+        while self._window_tokens - self._window[0][0] >= self.recent:
+            old_n, old_nll = self._window.popleft()
+            self._window_tokens -= old_n
+            self._window_nll -= old_nll
+
+    @property
+    def ppl(self) -> float:
+        return math.exp(self.nll_sum / self.tokens) if self.tokens else float("nan")
+
+    @property
+    def recent_ppl(self) -> float:
+        return (
+            math.exp(self._window_nll / self._window_tokens)
+            if self._window_tokens
+            else float("nan")
+        )
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.perf_counter() - self._start
+
+    @property
+    def tok_per_s(self) -> float:
+        elapsed = self.elapsed_s
+        return self._session_tokens / elapsed if elapsed > 0 else 0.0
+
+    def snapshot(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "ppl": _round(self.ppl),
+            "recent_ppl": _round(self.recent_ppl),
+            "tok_per_s": round(self.tok_per_s, 1),
+            "cache_used": self.cache_used,
+            "cache_capacity": self.capacity,
+            "elapsed_s": round(self.elapsed_s, 2),
+            "rss_mb": round(rss_mb(), 1),
+        }
+
+    # ------------------------------------------------------------------ checkpointing
+
+    def state_dict(self) -> dict:
+        return {
+            "tokens": self.tokens,
+            "nll_sum": self.nll_sum,
+            "cache_used": self.cache_used,
+            "window": list(self._window),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.tokens = int(state["tokens"])
+        self.nll_sum = float(state["nll_sum"])
+        self.cache_used = int(state["cache_used"])
+        self._window.clear()
+        self._window_tokens, self._window_nll = 0, 0.0
+        for n, nll in state["window"]:
+            self._push(int(n), float(nll))
+
+
+def _round(x: float) -> float | None:
+    return None if math.isnan(x) else round(x, 4)

@@ -1,0 +1,150 @@
+"""Text in, token ids out, a block at a time: memory does not grow with the input.
+
+Bytes are read in fixed blocks (a file, or stdin for ``-``), decoded incrementally as UTF-8,
+and cut into text pieces only where the tokenizer would split anyway: before a space that
+starts a word (``"...end| word"``). Tokenising such pieces one by one gives the same ids as
+tokenising the whole text at once for byte-level BPE tokenizers (GPT-2 style pre-tokenization
+never joins a word to the space before the next word). A line with no such point for
+``MAX_PENDING_CHARS`` is cut where it stands (one token boundary may then differ).
+
+Decisions on bad input (docs/stream.md): a missing/unreadable path or a directory is an
+:class:`InputError`; a NUL byte in the first block means binary data and is refused; other
+invalid UTF-8 bytes are replaced with U+FFFD and counted (the CLI warns); an input with no
+non-whitespace text is refused as empty.
+"""
+
+from __future__ import annotations
+
+import codecs
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from sepcli.errors import InputError
+
+BLOCK_BYTES = 1 << 16
+MAX_PENDING_CHARS = 1 << 20
+BINARY_SNIFF_BYTES = 8192
+
+
+@dataclass
+class ReadStats:
+    """Counters the CLI reports: bytes read, U+FFFD characters produced, tokens produced."""
+
+    bytes_read: int = 0
+    replaced: int = 0
+    tokens: int = 0
+
+
+def open_input(path: str) -> BinaryIO:
+    """``-`` -> stdin (binary); otherwise the file, with one-line errors for the usual mistakes."""
+    if path == "-":
+        return sys.stdin.buffer
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise InputError(f"no such file: {path}")
+    if p.is_dir():
+        raise InputError(f"{path} is a directory, not a text file")
+    try:
+        return open(p, "rb")  # noqa: SIM115 - closed by the caller
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+
+
+def safe_cut(text: str) -> int:
+    """Largest i > 0 where text[i] is a space between two non-space characters, else 0."""
+    i = text.rfind(" ")
+    while i > 0:
+        if i + 1 < len(text) and not text[i - 1].isspace() and not text[i + 1].isspace():
+            return i
+        i = text.rfind(" ", 0, i)
+    return 0
+
+
+def text_blocks(
+    stream: BinaryIO, stats: ReadStats, block_bytes: int = BLOCK_BYTES
+) -> Iterator[str]:
+    """Decoded text in pieces that end at safe tokenization points; the last one gets the rest."""
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    pending, first, non_space = "", True, False
+    while True:
+        raw = stream.read(block_bytes)
+        if first and b"\x00" in raw[:BINARY_SNIFF_BYTES]:
+            raise InputError("the input looks binary (NUL bytes): sepcli stream reads UTF-8 text")
+        first = False
+        stats.bytes_read += len(raw)
+        text = decoder.decode(raw, final=not raw)
+        stats.replaced += text.count("\ufffd")
+        non_space = non_space or not text.isspace() and bool(text)
+        pending += text
+        if not raw:
+            break
+        cut = safe_cut(pending)
+        if cut == 0 and len(pending) > MAX_PENDING_CHARS:
+            cut = len(pending)
+        if cut:
+            yield pending[:cut]
+            pending = pending[cut:]
+    if not non_space:
+        raise InputError("the input is empty (no text to score)")
+    if pending:
+        yield pending
+
+
+def token_blocks(tokenizer, texts: Iterable[str], stats: ReadStats) -> Iterator[list[int]]:
+    """Token ids of each text piece (no special tokens)."""
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        stats.tokens += len(ids)
+        if ids:
+            yield ids
+
+
+def limit(blocks: Iterable[list[int]], max_tokens: int | None) -> Iterator[list[int]]:
+    """At most ``max_tokens`` ids in total (None: no limit); stops reading once reached."""
+    if max_tokens is None:
+        yield from blocks
+        return
+    left = max_tokens
+    for block in blocks:
+        if left <= 0:
+            return
+        yield block[:left]
+        left -= len(block)
+
+
+def skip(blocks: Iterable[list[int]], n: int) -> Iterator[list[int]]:
+    """Drop the first ``n`` ids (resuming from a checkpoint)."""
+    for block in blocks:
+        if n >= len(block):
+            n -= len(block)
+            continue
+        yield block[n:]
+        n = 0
+
+
+def start_token(tokenizer) -> list[int]:
+    """The token a stream starts with (BOS if the tokenizer has one): an attention sink that is
+    always kept, and lets the first real token be scored."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    return [] if bos is None else [bos]
+
+
+def stream_tokens(
+    tokenizer,
+    stream: BinaryIO,
+    stats: ReadStats,
+    max_tokens: int | None = None,
+    block_bytes: int = BLOCK_BYTES,
+) -> Iterator[list[int]]:
+    """The whole pipeline: start token + the first ``max_tokens`` ids of the text, in blocks."""
+    blocks = limit(
+        token_blocks(tokenizer, text_blocks(stream, stats, block_bytes), stats), max_tokens
+    )
+    first = next(blocks, None)  # empty or binary input fails here, before any model work
+    if first is None:
+        raise InputError("the input is empty (no text to score)")
+    yield start_token(tokenizer) + first
+    yield from blocks

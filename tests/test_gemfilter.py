@@ -1,0 +1,196 @@
+"""GemFilter library: the filter pass against HF's eager attention, early exit, selection,
+prompt layout, and the k >= n equivalence with full attention (tiny seeded Llamas, CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from sepcli.errors import ConfigError, ContextLimitError, InputError
+from sepcli.gemfilter import calibrate as cal
+from sepcli.gemfilter.config import QAConfig
+from sepcli.gemfilter.filter import filter_scores, layer_scores, select, smooth_scores
+from sepcli.gemfilter.needles import NEEDLES, make_case
+from sepcli.gemfilter.pipeline import answer_text
+from sepcli.gemfilter.prompt import build_prompt
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4)])
+def test_filter_scores_equal_eager_last_row_summed_over_heads(tiny_llama, heads, kv_heads):
+    model = tiny_llama(
+        layers=4, hidden=96, heads=heads, kv_heads=kv_heads, seed=3, attn_implementation="eager"
+    )
+    ids = torch.randint(0, 5000, (93,), generator=torch.Generator().manual_seed(0))
+    ref = model(ids[None], output_attentions=True).attentions  # per layer [1, Hq, T, T]
+    for r in range(4):
+        naive = ref[r][0, :, -1, :].sum(0)  # (T,)
+        ours = filter_scores(model, ids, r)
+        torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-6)
+        k = 17
+        assert set(select(ours, k).tolist()) == set(naive.topk(k).indices.tolist())
+
+
+def test_window_scores_equal_eager_rows_summed(tiny_llama):
+    """window W: the last W rows of eager attention (causal) summed over rows and heads."""
+    model = tiny_llama(
+        layers=3, hidden=96, heads=6, kv_heads=3, seed=6, attn_implementation="eager"
+    )
+    ids = torch.randint(0, 5000, (61,), generator=torch.Generator().manual_seed(2))
+    ref = model(ids[None], output_attentions=True).attentions
+    for w in (1, 7, 61):
+        for r in range(3):
+            naive = ref[r][0, :, -w:, :].sum((0, 1))  # (T,)
+            torch.testing.assert_close(
+                filter_scores(model, ids, r, window=w), naive, rtol=1e-4, atol=1e-5
+            )
+
+
+def test_one_pass_gives_every_layer_the_same_scores(tiny_llama):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=1)
+    ids = torch.randint(0, 5000, (1, 40), generator=torch.Generator().manual_seed(1))
+    together = dict(layer_scores(model, ids, range(3), window=5))
+    for r in range(3):
+        torch.testing.assert_close(together[r][0], filter_scores(model, ids[0], r, window=5))
+
+
+def test_layers_above_the_filter_layer_are_never_called(tiny_llama):
+    model = tiny_llama(layers=5, hidden=64, heads=4, kv_heads=2, seed=2)
+    calls: dict[tuple[int, str], list[int]] = {}
+    for i, layer in enumerate(model.model.layers):
+        mods = {
+            "norm": layer.input_layernorm,
+            "q": layer.self_attn.q_proj,
+            "k": layer.self_attn.k_proj,
+            "v": layer.self_attn.v_proj,
+            "o": layer.self_attn.o_proj,
+            "mlp": layer.mlp,
+            "layer": layer,
+        }
+        for name, mod in mods.items():
+            mod.register_forward_hook(
+                lambda m, args, out, key=(i, name): calls.setdefault(key, []).append(
+                    args[0].shape[-2]
+                )
+            )
+    model.lm_head.register_forward_hook(lambda *a: calls.setdefault((-1, "lm_head"), []).append(0))
+    r, t = 2, 30
+    filter_scores(model, torch.arange(t), r, window=4)
+    for i in range(r):  # full layers below r, each exactly once over all tokens
+        for name in ("norm", "q", "k", "v", "o", "mlp"):
+            assert calls[(i, name)] == [t], (i, name)
+    assert calls[(r, "norm")] == [t] and calls[(r, "k")] == [t]
+    assert calls[(r, "q")] == [4]  # only the query window's tokens
+    for name in ("v", "o", "mlp"):
+        assert (r, name) not in calls
+    assert not any(i > r for i, _ in calls)
+    assert (-1, "lm_head") not in calls
+    assert not any(name == "layer" for _, name in calls)  # HF's layer.forward is never used
+
+
+def test_select_keeps_topk_in_document_order_and_protects():
+    scores = torch.tensor([0.1, 5.0, 0.2, 3.0, 0.0, 4.0, 0.3])
+    assert select(scores, 3).tolist() == [1, 3, 5]
+    assert select(scores, 100).tolist() == list(range(7))
+    keep = torch.tensor([False] * 5 + [True, True])
+    assert select(scores, 3, keep=keep).tolist() == [1, 2, 3, 5, 6]  # k counts unprotected tokens
+    smoothed = smooth_scores(torch.tensor([0.0, 3.0, 0.0]), 3)
+    torch.testing.assert_close(smoothed, torch.tensor([1.5, 1.0, 1.5]))
+
+
+def test_prompt_puts_document_first_question_last(tokenizer):
+    p = build_prompt(tokenizer, "Alpha beta gamma.", "What comes after beta?")
+    assert tokenizer.decode(p.ids[p.doc_start : p.doc_end]) == "Alpha beta gamma."
+    text = tokenizer.decode(p.ids)
+    assert text.index("Alpha beta gamma.") < text.index("What comes after beta?")
+    assert text.rstrip().endswith("assistant")  # generation prompt is the tail
+    assert p.tokens_of_chars(6, 10) == [p.doc_start + 1]  # " beta"
+    assert p.window(None) == p.n - p.doc_end and p.window(3) == 3 and p.window(10**6) == p.n
+    with pytest.raises(InputError):
+        build_prompt(tokenizer, "   ", "q")
+    with pytest.raises(InputError):
+        build_prompt(tokenizer, "doc", " ")
+    with pytest.raises(ContextLimitError, match="context is 20"):
+        build_prompt(tokenizer, "word " * 50, "q", context_length=20)
+
+
+def test_config_rejects_bad_values():
+    for bad in (
+        {"topk": 0},
+        {"layer": -1},
+        {"method": "fast"},
+        {"smooth": 4},
+        {"max_new_tokens": 0},
+        {"temperature": -1.0},
+        {"temperature": float("nan")},
+    ):
+        with pytest.raises(ConfigError):
+            QAConfig(**bad)
+    with pytest.raises(ConfigError, match="numbered 0..3"):
+        QAConfig(layer=4).check_layer(4)
+
+
+def test_k_at_least_n_answers_exactly_like_full_attention(tiny_llama, tokenizer):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=5)
+    doc = "The cat sat on the mat. The dog slept by the door. Rain fell all night."
+    q = "Where did the dog sleep?"
+    full = answer_text(model, tokenizer, doc, q, QAConfig(method="full", max_new_tokens=12))
+    gem = answer_text(
+        model,
+        tokenizer,
+        doc,
+        q,
+        QAConfig(method="gemfilter", layer=1, topk=10_000, max_new_tokens=12),
+    )
+    assert gem.selected_tokens == gem.prompt_tokens == full.prompt_tokens
+    assert full.new_tokens > 0
+    assert gem.answer == full.answer and gem.new_tokens == full.new_tokens
+    # and a real reduction answers from fewer tokens
+    small = answer_text(
+        model, tokenizer, doc, q, QAConfig(method="gemfilter", layer=1, topk=5, max_new_tokens=4)
+    )
+    assert small.selected_tokens < small.prompt_tokens
+
+
+def test_needle_case_places_needle_at_depth(tokenizer):
+    nd = NEEDLES[1]
+    for depth in (0.0, 0.5, 1.0):
+        case = make_case(tokenizer, nd, 300, depth)
+        s, e = case.needle_chars
+        assert case.document[s:e] == nd.sentence
+        n_tok = len(tokenizer(case.document, add_special_tokens=False)["input_ids"])
+        assert 270 <= n_tok <= 310
+        assert abs(s / len(case.document) - depth) < 0.25
+    assert case.is_correct("It is MARMALADE.") and not case.is_correct("jam")
+
+
+def test_calibration_measures_stores_and_resolves_auto(
+    tiny_llama, tokenizer, tmp_path, monkeypatch
+):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=4, max_positions=512)
+    monkeypatch.setenv("SEPCLI_CACHE_DIR", str(tmp_path))
+    assert cal.auto_layer(model, "tiny", "/x/tiny") == (cal.fallback_layer(3), "fallback")
+    cases = cal.calibration_cases(tokenizer, 512, lengths=[120, 200], depths=(0.2, 0.8), needles=2)
+    events = list(cal.measure(model, tokenizer, cases, topk=32))
+    curve = events[-1]
+    assert [e.done for e in events[:-1]] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert curve.cases == 8 and len(curve.hits) == 3
+    assert all(0.0 <= curve.recall(r) <= 1.0 for r in range(3))
+    path = cal.save("tiny", "/x/tiny", curve)
+    assert path.parent == tmp_path / "calibration" and not list(path.parent.glob("*.tmp"))
+    assert cal.auto_layer(model, "tiny", "/x/tiny") == (curve.best(), "calibrated")
+    path.write_text("{broken")
+    assert cal.auto_layer(model, "tiny", "/x/tiny")[1] == "fallback"
+
+
+def test_auto_layer_prefers_calibration_then_measured_then_fallback(
+    tiny_llama, tokenizer, tmp_path, monkeypatch
+):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=4, max_positions=512)
+    monkeypatch.setenv("SEPCLI_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(cal, "MEASURED_LAYERS", {"shipped": 1, "too-deep": 7})
+    assert cal.auto_layer(model, "shipped", "/x/s") == (1, "measured")
+    assert cal.auto_layer(model, "too-deep", "/x/d") == (cal.fallback_layer(3), "fallback")
+    cases = cal.calibration_cases(tokenizer, 512, lengths=[120], depths=(0.5,), needles=1)
+    curve = list(cal.measure(model, tokenizer, cases, topk=32))[-1]
+    cal.save("shipped", "/x/s", curve)
+    assert cal.auto_layer(model, "shipped", "/x/s") == (curve.best(), "calibrated")

@@ -1,0 +1,208 @@
+"""`sepcli ask / gemfilter / calibrate` through Typer's runner, on a tiny model saved to disk."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from sepcli.cli import app
+from tests.conftest import build_tiny_llama
+
+runner = CliRunner()
+DOC = "The lighthouse keeper painted the door green. Boats came home at dusk. The bell rang twice."
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tokenizer):
+    """A 3-layer tiny Llama + the SmolLM2 tokenizer (chat template), saved as a HF folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model = build_tiny_llama(
+        len(tokenizer), layers=3, hidden=64, heads=4, kv_heads=2, max_positions=256, seed=7
+    )
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def doc_file(tmp_path):
+    path = tmp_path / "doc.txt"
+    path.write_text(DOC)
+    return str(path)
+
+
+@pytest.fixture(autouse=True)
+def own_cache(tokenizer, tmp_path, monkeypatch):
+    monkeypatch.setenv("SEPCLI_CACHE_DIR", str(tmp_path / "cache"))
+
+
+def invoke(*args, stdin=None):
+    return runner.invoke(app, list(args), input=stdin)
+
+
+def assert_one_line_error(result, needle):
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    err = result.stderr.strip()
+    assert err.startswith("error:") and len(err.splitlines()) == 1, err
+    assert needle in err, err
+
+
+def test_ask_json_has_the_fields_and_records_layer(tiny_dir, doc_file):
+    r = invoke(
+        "ask",
+        doc_file,
+        "What colour is the door?",
+        "-m",
+        tiny_dir,
+        "--layer",
+        "1",
+        "--topk",
+        "16",
+        "--max-new-tokens",
+        "5",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    for key in (
+        "answer",
+        "method",
+        "layer",
+        "topk",
+        "prompt_tokens",
+        "selected_tokens",
+        "ttft_s",
+        "total_s",
+        "peak_mem_bytes",
+    ):
+        assert key in out
+    assert out["method"] == "gemfilter" and out["layer"] == 1 and out["topk"] == 16
+    assert out["selected_tokens"] < out["prompt_tokens"]
+
+
+def test_ask_streams_answer_and_full_method_reads_all(tiny_dir, doc_file):
+    r = invoke(
+        "ask",
+        doc_file,
+        "What colour?",
+        "-m",
+        tiny_dir,
+        "--method",
+        "full",
+        "--max-new-tokens",
+        "4",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (
+        out["method"] == "full"
+        and out["selected_tokens"] == out["prompt_tokens"]
+        and out["layer"] is None
+    )
+    r = invoke(
+        "ask",
+        doc_file,
+        "What colour?",
+        "-m",
+        tiny_dir,
+        "--layer",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--show",
+    )
+    assert r.exit_code == 0, r.output
+    assert "selected" in r.stderr and "lighthouse" in r.stderr
+
+
+def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
+    r = invoke(
+        "gemfilter",
+        "-",
+        "Boats?",
+        "-m",
+        tiny_dir,
+        "--layer",
+        "2",
+        "--topk",
+        "8",
+        "--json",
+        stdin=DOC,
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert (
+        out["indices"] == sorted(out["indices"]) and len(out["indices"]) == len(out["scores"]) > 0
+    )
+    assert out["document_tokens"] > len(out["indices"]) == 8
+    r = invoke(
+        "gemfilter", "-", "Boats?", "-m", tiny_dir, "--layer", "2", "--topk", "1000", stdin=DOC
+    )
+    assert r.exit_code == 0 and r.stdout.strip() == DOC  # everything kept = the document itself
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["ask", "/nonexistent/doc.txt", "q"], "no such document"),
+        (["ask", "{doc}", "   "], "question is empty"),
+        (["ask", "{doc}", "q", "--topk", "0"], "--topk must be > 0"),
+        (["ask", "{doc}", "q", "--layer", "3"], "numbered 0..2"),
+        (["ask", "{doc}", "q", "--layer", "-1"], "--layer must be >= 0"),
+        (["ask", "{doc}", "q", "--layer", "middle"], "'auto' or a 0-based"),
+        (["ask", "{doc}", "q", "--method", "fast"], "--method must be one of"),
+        (["ask", "{empty}", "q"], "is empty"),
+        (["ask", "{long}", "q"], "context is 256"),
+        (["gemfilter", "{doc}", "q", "--topk", "-5"], "--topk must be > 0"),
+        (["gemfilter", "{doc}", ""], "question is empty"),
+        (["calibrate", "--topk", "0"], "--topk must be > 0"),
+        (["ask", "{doc}", "q", "--window", "0"], "--window must be >= 1"),
+        (["gemfilter", "{doc}", "q", "--window", "all"], "--window must be 'question'"),
+    ],
+)
+def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle):
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "long.txt").write_text("lighthouse " * 400)
+    paths = {
+        "doc": doc_file,
+        "empty": str(tmp_path / "empty.txt"),
+        "long": str(tmp_path / "long.txt"),
+    }
+    args = [a.format(**paths) for a in args] + ["-m", tiny_dir]
+    assert_one_line_error(invoke(*args), needle)
+
+
+def test_empty_stdin_and_binary_file_are_errors(tiny_dir, tmp_path):
+    assert_one_line_error(invoke("ask", "-", "q", "-m", tiny_dir, stdin=""), "empty")
+    (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00\x81")
+    assert_one_line_error(
+        invoke("ask", str(tmp_path / "bin.dat"), "q", "-m", tiny_dir), "not UTF-8"
+    )
+
+
+def test_calibrate_stores_choice_that_auto_uses(tiny_dir, doc_file, tmp_path):
+    r = invoke(
+        "calibrate",
+        "-m",
+        tiny_dir,
+        "--lengths",
+        "80,120",
+        "--needles",
+        "1",
+        "--topk",
+        "16",
+        "--json",
+    )
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert len(out["accuracy"]) == 3 and 0 <= out["layer"] < 3 and out["cases"] == 6
+    assert out["stored_at"].startswith(str(tmp_path / "cache"))
+    r = invoke("ask", doc_file, "q", "-m", tiny_dir, "--max-new-tokens", "2", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["layer"] == out["layer"]
+    assert "calibrated" in r.stderr
+    r = invoke("calibrate", "-m", tiny_dir, "--lengths", "80", "--needles", "1")
+    assert r.exit_code == 0 and "chosen" in r.stdout and "layer" in r.stdout

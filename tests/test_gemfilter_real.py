@@ -1,0 +1,30 @@
+"""The embedded SmolLM2-135M-Instruct: a needle in ~2K tokens of real essays is selected by the
+filter pass and answered from the selection."""
+
+from __future__ import annotations
+
+import pytest
+
+from sepcli.gemfilter.config import QAConfig
+from sepcli.gemfilter.needles import NEEDLES, make_case
+from sepcli.gemfilter.pipeline import answer_text, prepare, select_tokens
+
+# The layer `python bench/niah.py calibrate --lengths 1024,2048 --needles 3` chose (0-based).
+SMOLLM2_LAYER = 17
+
+
+@pytest.mark.real
+def test_needle_in_2k_tokens_is_selected_and_answered(real_model):
+    lm = real_model
+    case = make_case(lm.tokenizer, NEEDLES[5], 2048, 0.5)  # a needle calibration never saw
+    cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=256, max_new_tokens=24)
+    prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
+    assert prompt.doc_end - prompt.doc_start > 1900
+    chosen = select_tokens(lm.model, prompt, cfg)
+    kept = set(chosen.indices.tolist())
+    start = case.document.index(case.needle.answer, case.needle_chars[0])
+    answer_tokens = prompt.tokens_of_chars(start, start + len(case.needle.answer))
+    assert all(i in kept for i in answer_tokens)  # the answer's words reach the answer pass
+    result = answer_text(lm.model, lm.tokenizer, case.document, case.question, cfg)
+    assert result.selected_tokens < prompt.n // 4
+    assert case.is_correct(result.answer), result.answer

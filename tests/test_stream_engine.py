@@ -1,0 +1,196 @@
+"""The streaming engine against independent references: plain HF perplexity when nothing is
+evicted, and a deliberately naive token-by-token implementation for every method."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sepcli import arch
+from sepcli.errors import ConfigError, ContextLimitError
+from sepcli.separators import separator_mask
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.engine import StreamEngine
+from sepcli.texts import essays_text
+
+
+@pytest.fixture(scope="module")
+def text_ids(tokenizer):
+    """A few hundred real tokens (with plenty of separators), BOS first."""
+    ids = tokenizer(essays_text(max_chars=3000), add_special_tokens=False)["input_ids"]
+    return [tokenizer.bos_token_id] + ids[:400]
+
+
+@pytest.fixture(scope="module")
+def seps(tokenizer):
+    return separator_mask(tokenizer)
+
+
+def run_engine(model, config, seps, ids):
+    engine = StreamEngine(model, config, seps)
+    stats = list(engine.run([ids[:37], ids[37:]]))  # blocks of odd sizes on purpose
+    return engine, torch.cat([s.nll for s in stats]), stats
+
+
+def hf_nll(model, ids):
+    """Per-token NLL of ids[1:] from one plain HF forward (no cache, default positions)."""
+    logits = model(torch.tensor([ids])).logits[0].float()
+    return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
+
+
+# ---------------------------------------------------------------------- the naive reference
+
+
+def naive_nll(model, ids, method, a, s, w, c, sep_ids):
+    """Token by token; python lists of per-token pre-RoPE K/V; torch.cat and re-rotate everything
+    at cache positions 0..L each step; attention written out with softmax."""
+    shape = arch.shape_of(model)
+    layers = arch.decoder_layers(model)
+    kept = []  # entries: {"idx": text index, "sep": bool, "k": [per layer (Hkv, D)], "v": [...]}
+    out = []
+    prev_logits = None
+    for t, tok in enumerate(ids):
+        if method == "sepllm" and len(kept) + 1 > c:
+            middle = [e for i, e in enumerate(kept) if e["idx"] >= a and i < len(kept) - w]
+            mid_seps = [e for e in middle if e["sep"]]
+            keep_ids = {e["idx"] for e in mid_seps[len(mid_seps) - s :]} if s else set()
+            kept = [e for e in kept if e not in middle or e["idx"] in keep_ids]
+        elif method == "streamingllm" and len(kept) + 1 > c:
+            first_recent = next(i for i, e in enumerate(kept) if e["idx"] >= a)
+            del kept[first_recent]
+        elif method == "window" and len(kept) + 1 > c:
+            del kept[0]
+        entry = {"idx": t, "sep": tok in sep_ids, "k": [], "v": []}
+        kept.append(entry)
+        n = len(kept)
+        h = arch.embed(model, torch.tensor([[tok]]))
+        for li, layer in enumerate(layers):
+            q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), shape)
+            entry["k"].append(k[0, :, 0])
+            entry["v"].append(v[0, :, 0])
+            keys = torch.stack([e["k"][li] for e in kept], dim=1)  # (Hkv, n, D)
+            vals = torch.stack([e["v"][li] for e in kept], dim=1)
+            cos, sin = arch.rope_cos_sin(model, h, torch.arange(n)[None])
+            keys = arch.apply_rope(keys[None], cos, sin)[0]
+            qr = arch.apply_rope(q, cos[:, -1:], sin[:, -1:])[0]  # (Hq, 1, D) at position n-1
+            keys = keys.repeat_interleave(shape.group, dim=0)
+            vals = vals.repeat_interleave(shape.group, dim=0)
+            att = torch.softmax((qr @ keys.transpose(-1, -2)) * shape.scale, dim=-1)
+            o = (att @ vals)[None]  # (1, Hq, 1, D)
+            h = h + arch.attention_output(layer, o)
+            h = arch.mlp_block(layer, h)
+        logits = arch.logits(model, h)[0, -1].float()
+        if prev_logits is not None:
+            out.append(F.cross_entropy(prev_logits[None], torch.tensor([tok])))
+        prev_logits = logits
+    return torch.stack(out)
+
+
+# ---------------------------------------------------------------------- tests
+
+
+@torch.inference_mode()
+def test_no_eviction_equals_plain_hf_perplexity(tiny_llama, seps, text_ids):
+    model = tiny_llama(layers=2, hidden=64, heads=4, kv_heads=2, max_positions=512)
+    ids = text_ids[:200]
+    ref = hf_nll(model, ids)
+    for chunk in (1, 48):
+        cfg = StreamConfig(init=4, sep=8, window=64, capacity=512, chunk=chunk)
+        _, nll, _ = run_engine(model, cfg, seps, ids)
+        assert nll.shape == ref.shape
+        ppl, ref_ppl = math.exp(nll.mean()), math.exp(ref.mean())
+        assert abs(ppl - ref_ppl) / ref_ppl < 1e-4
+        torch.testing.assert_close(nll, ref, rtol=1e-4, atol=1e-4)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("method", ["sepllm", "streamingllm", "window", "full"])
+def test_chunk1_equals_naive_reference_with_many_wraparounds(
+    tiny_llama, seps, text_ids, tokenizer, method
+):
+    model = tiny_llama(layers=2, hidden=48, heads=6, kv_heads=2, seed=3, max_positions=512)
+    ids = text_ids[:210]
+    a, s, w, c = 2, 4, 8, 20
+    if method == "full":
+        c = 512
+    cfg = StreamConfig(method=method, init=a, sep=s, window=w, capacity=c, chunk=1)
+    engine, nll, stats = run_engine(model, cfg, seps, ids)
+    sep_ids = set(torch.nonzero(seps).squeeze(-1).tolist())
+    assert sum(tok in sep_ids for tok in ids) > 30  # the text exercises the separator region
+    ref = naive_nll(model, ids, method, a, s, w, c, sep_ids)
+    torch.testing.assert_close(nll, ref, rtol=1e-4, atol=1e-4)
+    assert max(st.cache_used for st in stats) <= engine.capacity
+    if method != "full":
+        assert len(ids) > 10 * c  # the ring wrapped around many times
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("chunk", [3, 8])
+def test_chunked_sepllm_equals_token_by_token(tiny_llama, seps, text_ids, chunk):
+    model = tiny_llama(layers=2, hidden=48, heads=6, kv_heads=2, seed=5)
+    ids = text_ids[:200]
+    cfg1 = StreamConfig(init=2, sep=4, window=8, capacity=20, chunk=1)
+    cfgn = StreamConfig(init=2, sep=4, window=8, capacity=20, chunk=chunk)
+    _, nll1, _ = run_engine(model, cfg1, seps, ids)
+    _, nlln, stats = run_engine(model, cfgn, seps, ids)
+    torch.testing.assert_close(nlln, nll1, rtol=1e-5, atol=1e-5)
+    assert max(s.tokens for s in stats) > 1
+
+
+@torch.inference_mode()
+def test_cache_never_exceeds_capacity_and_stays_above_the_floor(tiny_llama, seps, text_ids):
+    model = tiny_llama(layers=1, hidden=32, heads=2, kv_heads=1)
+    cfg = StreamConfig(init=4, sep=8, window=16, capacity=40, chunk=16)
+    engine, _, stats = run_engine(model, cfg, seps, text_ids)
+    used = [s.cache_used for s in stats]
+    assert max(used) == 40
+    assert min(used[10:]) > cfg.init + cfg.window  # compression keeps init + window (+ seps)
+    assert engine.ring.k.data_ptr() == engine.ring.k.data_ptr()  # allocated once
+    assert engine.ring.k.shape[3] == 40
+
+
+@torch.inference_mode()
+def test_full_refuses_past_the_context(tiny_llama, seps, text_ids):
+    model = tiny_llama(layers=1, hidden=32, heads=2, kv_heads=1, max_positions=64)
+    engine = StreamEngine(model, StreamConfig(method="full", chunk=16), seps)
+    with pytest.raises(ContextLimitError, match="context of 64"):
+        list(engine.run([text_ids[:100]]))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"capacity": 292}, "must be larger than"),
+        ({"init": -1}, "init"),
+        ({"chunk": 300}, "larger than --window"),
+        ({"chunk": 0}, "chunk"),
+        ({"method": "magic"}, "unknown method"),
+        ({"method": "streamingllm", "init": 4, "capacity": 10, "chunk": 8}, "sink"),
+    ],
+)
+def test_bad_configs_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        StreamConfig(**kwargs)
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("method", ["sepllm", "streamingllm"])
+def test_transformers_cache_adapter_matches_the_engine(tiny_llama, seps, text_ids, method):
+    from sepcli.stream.hf_cache import SepLLMCache
+
+    model = tiny_llama(layers=2, hidden=48, heads=6, kv_heads=2, seed=9)
+    ids = text_ids[:200]
+    cfg = StreamConfig(method=method, init=2, sep=4, window=16, capacity=32, chunk=8)
+    _, ref, _ = run_engine(model, cfg, seps, ids)
+    cache = SepLLMCache(model, cfg, seps)
+    rows = []
+    for i in range(0, len(ids), cfg.chunk):
+        for piece in cache.pieces(torch.tensor([ids[i : i + cfg.chunk]])):
+            rows.append(model(piece, past_key_values=cache).logits[0].float())
+    logits = torch.cat(rows)
+    nll = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
+    assert cache.ring.used <= 32 and cache.seen == len(ids)
+    torch.testing.assert_close(nll, ref, rtol=1e-4, atol=1e-4)

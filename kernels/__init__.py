@@ -17,13 +17,21 @@ def use_triton(t: torch.Tensor) -> bool:
     return t.is_cuda and os.environ.get("SEPCLI_KERNELS", "auto") != "reference"
 
 
-def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale=1.0):
-    """See :func:`kernels.ring_attention.reference.ring_attention_reference` for shapes."""
+def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale=1.0, plan=None):
+    """See :func:`kernels.ring_attention.reference.ring_attention_reference` for shapes.
+
+    ``plan`` (:func:`kernels.ring_attention.reference.plan_ring`) only serves the torch path:
+    the Triton kernel computes RoPE on the fly and ignores it.
+    """
     if use_triton(q):
         from kernels.ring_attention.triton_impl import ring_attention_triton
 
-        return ring_attention_triton(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale)
-    return ring_attention_reference(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale)
+        return ring_attention_triton(
+            q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale
+        )
+    return ring_attention_reference(
+        q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale, plan
+    )
 
 
 def gemfilter_scores(q_last, keys, scale):

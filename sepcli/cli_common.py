@@ -64,7 +64,9 @@ def guarded(fn):
         except Exception as exc:  # noqa: BLE001 - the last line of defence for the user
             if os.environ.get("SEPCLI_DEBUG") == "1":
                 raise
-            raise fail(f"internal error: {type(exc).__name__}: {exc} (SEPCLI_DEBUG=1 for a traceback)", 1) from None
+            raise fail(
+                f"internal error: {type(exc).__name__}: {exc} (SEPCLI_DEBUG=1 for a traceback)", 1
+            ) from None
 
     return wrapper
 

@@ -75,7 +75,9 @@ def test_unsupported_architecture_is_named(tmp_path):
     from transformers import GPT2Config, GPT2LMHeadModel
 
     folder = tmp_path / "gpt2"
-    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(folder)
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=32, n_head=2, vocab_size=100)).save_pretrained(
+        folder
+    )
     with pytest.raises(UnsupportedModelError, match="GPT2LMHeadModel"):
         load_model(str(folder))
 
@@ -102,7 +104,9 @@ def test_embedded_model_conversion_is_cached_and_fast(tmp_path, monkeypatch):
     assert (folder / "sepcli-complete.json").is_file()
     assert list(folder.glob("*.safetensors"))
     # Same weights either way.
-    for (n1, p1), (n2, p2) in zip(first.model.named_parameters(), second.model.named_parameters(), strict=True):
+    for (n1, p1), (n2, p2) in zip(
+        first.model.named_parameters(), second.model.named_parameters(), strict=True
+    ):
         assert n1 == n2 and torch.equal(p1, p2)
 
 

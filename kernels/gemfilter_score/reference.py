@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 
 
-def gemfilter_scores_reference(q_last: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:
+def gemfilter_scores_reference(
+    q_last: torch.Tensor, keys: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Per-head softmax attention of the last query over n keys, summed over query heads.
 
     Parameters

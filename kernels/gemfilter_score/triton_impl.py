@@ -30,12 +30,27 @@ _MAX_HEAD_DIM = 256
 
 @triton.jit
 def _score_blocks(
-    Q, K, LOGITS, BLOCK_MAX, BLOCK_SUM,
+    Q,
+    K,
+    LOGITS,
+    BLOCK_MAX,
+    BLOCK_SUM,
     qk_scale,  # softmax scale * log2(e)
-    N, HKV, G, NUM_BLOCKS,
-    stride_qb, stride_qh, stride_kb, stride_kh, stride_kn,  # the head dim is contiguous
-    D: tl.constexpr, D_P: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    FP32: tl.constexpr, INTERPRET: tl.constexpr,
+    N,
+    HKV,
+    G,
+    NUM_BLOCKS,
+    stride_qb,
+    stride_qh,
+    stride_kb,
+    stride_kh,
+    stride_kn,  # the head dim is contiguous
+    D: tl.constexpr,
+    D_P: tl.constexpr,
+    BLOCK_G: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    FP32: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # b * HKV + kv head
@@ -121,9 +136,13 @@ def kernel_meta(dtype: torch.dtype, d: int, g: int, interpret: bool) -> dict:
     """
     fp32 = dtype == torch.float32
     return dict(
-        D=d, D_P=max(16, triton.next_power_of_2(d)), BLOCK_G=max(16, triton.next_power_of_2(g)),
+        D=d,
+        D_P=max(16, triton.next_power_of_2(d)),
+        BLOCK_G=max(16, triton.next_power_of_2(g)),
         BLOCK_N=32 if interpret else (64 if fp32 else 128),
-        FP32=fp32, INTERPRET=interpret, num_warps=8,
+        FP32=fp32,
+        INTERPRET=interpret,
+        num_warps=8,
     )
 
 
@@ -138,8 +157,10 @@ def _check_inputs(q_last, keys, scale) -> None:
     b, hq, d = q_last.shape
     kb, hkv, _, kd = keys.shape
     if kb != b or kd != d:
-        raise ValueError(f"keys shape {tuple(keys.shape)} does not match q_last shape "
-                         f"{tuple(q_last.shape)} in batch or head dim")
+        raise ValueError(
+            f"keys shape {tuple(keys.shape)} does not match q_last shape "
+            f"{tuple(q_last.shape)} in batch or head dim"
+        )
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
     if not 1 <= d <= _MAX_HEAD_DIM:
@@ -154,8 +175,10 @@ def _check_inputs(q_last, keys, scale) -> None:
     if keys.device != q_last.device:
         raise ValueError(f"keys are on {keys.device}, q_last is on {q_last.device}")
     if not q_last.is_cuda and not _interpreted():
-        raise ValueError(f"tensors are on {q_last.device}: the Triton kernel needs CUDA "
-                         "(or TRITON_INTERPRET=1 set before the kernel module is imported)")
+        raise ValueError(
+            f"tensors are on {q_last.device}: the Triton kernel needs CUDA "
+            "(or TRITON_INTERPRET=1 set before the kernel module is imported)"
+        )
     if not math.isfinite(float(scale)) or float(scale) <= 0:
         raise ValueError(f"scale must be a positive finite number, got {scale}")
 
@@ -181,9 +204,18 @@ def gemfilter_scores_triton(q_last: torch.Tensor, keys: torch.Tensor, scale: flo
     block_max = torch.empty(b, hq, num_blocks, device=dev, dtype=torch.float32)
     block_sum = torch.empty_like(block_max)
     _score_blocks[(num_blocks, b * hkv)](
-        q_last, keys, logits, block_max, block_sum,
-        float(scale) * _LOG2E, n, hkv, g, num_blocks,
-        *q_last.stride()[:2], *keys.stride()[:3],
+        q_last,
+        keys,
+        logits,
+        block_max,
+        block_sum,
+        float(scale) * _LOG2E,
+        n,
+        hkv,
+        g,
+        num_blocks,
+        *q_last.stride()[:2],
+        *keys.stride()[:3],
         **meta,
     )
     head_max = torch.empty(b, hq, device=dev, dtype=torch.float32)

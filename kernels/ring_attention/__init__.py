@@ -1,3 +1,9 @@
-from kernels.ring_attention.reference import ring_attention_reference, rope_cos_sin, rotate
+from kernels.ring_attention.reference import (
+    RingPlan,
+    plan_ring,
+    ring_attention_reference,
+    rope_cos_sin,
+    rotate,
+)
 
-__all__ = ["ring_attention_reference", "rope_cos_sin", "rotate"]
+__all__ = ["RingPlan", "plan_ring", "ring_attention_reference", "rope_cos_sin", "rotate"]

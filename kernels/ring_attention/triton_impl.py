@@ -93,18 +93,44 @@ def _cos_sin(pos, inv_freq, rope_scale, INTERPRET: tl.constexpr):
 
 @triton.jit
 def _ring_attention_fwd(
-    Q, K, V, SLOT_POS, Q_POS, INV_FREQ,  # inputs; INV_FREQ: [HALF] fp32
-    OUT, O_PART, M_PART, L_PART,  # output [B, Hq, C, D]; split workspace (unused if not SPLIT)
+    Q,
+    K,
+    V,
+    SLOT_POS,
+    Q_POS,
+    INV_FREQ,  # inputs; INV_FREQ: [HALF] fp32
+    OUT,
+    O_PART,
+    M_PART,
+    L_PART,  # output [B, Hq, C, D]; split workspace (unused if not SPLIT)
     qk_scale,  # softmax scale * log2(e): the kernel works in base 2
     rope_scale,
-    S, C, ROWS, HKV, NUM_SPLITS, keys_per_split,
-    stride_qb, stride_qh, stride_qc,  # q, k, v strides (the head dim is contiguous)
-    stride_kb, stride_kh, stride_ks,
-    stride_vb, stride_vh, stride_vs,
-    D: tl.constexpr, HALF: tl.constexpr, PASS: tl.constexpr,
-    D_P: tl.constexpr, HALF_P: tl.constexpr, PASS_P: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    SPLIT: tl.constexpr, FP32: tl.constexpr, INTERPRET: tl.constexpr,
+    S,
+    C,
+    ROWS,
+    HKV,
+    NUM_SPLITS,
+    keys_per_split,
+    stride_qb,
+    stride_qh,
+    stride_qc,  # q, k, v strides (the head dim is contiguous)
+    stride_kb,
+    stride_kh,
+    stride_ks,
+    stride_vb,
+    stride_vh,
+    stride_vs,
+    D: tl.constexpr,
+    HALF: tl.constexpr,
+    PASS: tl.constexpr,
+    D_P: tl.constexpr,
+    HALF_P: tl.constexpr,
+    PASS_P: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr,
+    FP32: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1).to(tl.int64)  # b * HKV + kv head
@@ -171,28 +197,40 @@ def _ring_attention_fwd(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        v = tl.load(v_base + n[:, None] * stride_vs + dv[None, :], mask=km & dv_ok[None, :], other=0.0)
+        v = tl.load(
+            v_base + n[:, None] * stride_vs + dv[None, :], mask=km & dv_ok[None, :], other=0.0
+        )
         v = _as_operand(v.to(tl.float32), DTYPE, INTERPRET)  # (BLOCK_N, D_P)
         acc = acc * alpha[:, None] + _dot(_as_operand(p, DTYPE, INTERPRET), v, FP32)
         m_i = m_new
 
     if SPLIT:
-        part = (pid_bh * NUM_SPLITS + pid_s) * ROWS + rows  # (BLOCK_M,) rows of [B*Hkv, splits, ROWS]
+        part = (
+            pid_bh * NUM_SPLITS + pid_s
+        ) * ROWS + rows  # (BLOCK_M,) rows of [B*Hkv, splits, ROWS]
         tl.store(M_PART + part, m_i, mask=row_ok)
         tl.store(L_PART + part, l_i, mask=row_ok)
         tl.store(O_PART + part[:, None] * D_P + dv[None, :], acc, mask=qm)
     else:
         out = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # a row that saw nothing stays 0
         out = _as_operand(out, OUT.dtype.element_ty, INTERPRET).to(OUT.dtype.element_ty)
-        tl.store(OUT + pid_bh * ROWS * D + rows[:, None] * D + dv[None, :], out,
-                 mask=qm & dv_ok[None, :])
+        tl.store(
+            OUT + pid_bh * ROWS * D + rows[:, None] * D + dv[None, :], out, mask=qm & dv_ok[None, :]
+        )
 
 
 @triton.jit
 def _combine_splits(
-    O_PART, M_PART, L_PART, OUT,
-    ROWS, NUM_SPLITS,
-    D: tl.constexpr, D_P: tl.constexpr, BLOCK_M: tl.constexpr, INTERPRET: tl.constexpr,
+    O_PART,
+    M_PART,
+    L_PART,
+    OUT,
+    ROWS,
+    NUM_SPLITS,
+    D: tl.constexpr,
+    D_P: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    INTERPRET: tl.constexpr,
 ):
     """out = sum_s 2^(m_s - m) acc_s / sum_s 2^(m_s - m) l_s over the key splits of each row."""
     pid_m = tl.program_id(0)
@@ -216,8 +254,11 @@ def _combine_splits(
         acc += w[:, None] * o
     out = acc / tl.where(norm > 0.0, norm, 1.0)[:, None]
     out = _as_operand(out, OUT.dtype.element_ty, INTERPRET).to(OUT.dtype.element_ty)
-    tl.store(OUT + pid_bh * ROWS * D + rows[:, None] * D + dv[None, :], out,
-             mask=row_ok[:, None] & (dv < D)[None, :])
+    tl.store(
+        OUT + pid_bh * ROWS * D + rows[:, None] * D + dv[None, :],
+        out,
+        mask=row_ok[:, None] & (dv < D)[None, :],
+    )
 
 
 def _interpreted() -> bool:
@@ -234,8 +275,14 @@ def _pow2(n: int, floor: int = 16) -> int:
 
 
 def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
-    named = {"q": q, "k_ring": k_ring, "v_ring": v_ring, "slot_pos": slot_pos, "q_pos": q_pos,
-             "inv_freq": inv_freq}
+    named = {
+        "q": q,
+        "k_ring": k_ring,
+        "v_ring": v_ring,
+        "slot_pos": slot_pos,
+        "q_pos": q_pos,
+        "inv_freq": inv_freq,
+    }
     for name, t in named.items():
         if not isinstance(t, torch.Tensor):
             raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -244,12 +291,16 @@ def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
     if k_ring.dim() != 4:
         raise ValueError(f"k_ring must be [B, Hkv, S, D], got shape {tuple(k_ring.shape)}")
     if v_ring.shape != k_ring.shape:
-        raise ValueError(f"v_ring shape {tuple(v_ring.shape)} != k_ring shape {tuple(k_ring.shape)}")
+        raise ValueError(
+            f"v_ring shape {tuple(v_ring.shape)} != k_ring shape {tuple(k_ring.shape)}"
+        )
     b, hq, c, d = q.shape
     kb, hkv, s, kd = k_ring.shape
     if kb != b or kd != d:
-        raise ValueError(f"k_ring shape {tuple(k_ring.shape)} does not match q shape {tuple(q.shape)} "
-                         "in batch or head dim")
+        raise ValueError(
+            f"k_ring shape {tuple(k_ring.shape)} does not match q shape {tuple(q.shape)} "
+            "in batch or head dim"
+        )
     if hkv == 0 or hq % hkv != 0:
         raise ValueError(f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
     if not 1 <= d <= _MAX_HEAD_DIM:
@@ -262,8 +313,10 @@ def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
         if t.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"{name} must be int64 or int32, got {t.dtype}")
     if inv_freq.dim() != 1 or not inv_freq.is_floating_point():
-        raise ValueError(f"inv_freq must be a 1-D float tensor, got {inv_freq.dtype} "
-                         f"shape {tuple(inv_freq.shape)}")
+        raise ValueError(
+            f"inv_freq must be a 1-D float tensor, got {inv_freq.dtype} "
+            f"shape {tuple(inv_freq.shape)}"
+        )
     if not 1 <= 2 * inv_freq.numel() <= d:
         raise ValueError(f"rotary dims 2 * {inv_freq.numel()} must be in 2..{d} (head dim)")
     for name, t in (("q", q), ("k_ring", k_ring), ("v_ring", v_ring)):
@@ -277,8 +330,10 @@ def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
         if t.device != q.device:
             raise ValueError(f"{name} is on {t.device}, q is on {q.device}")
     if not q.is_cuda and not _interpreted():
-        raise ValueError(f"tensors are on {q.device}: the Triton kernel needs CUDA "
-                         "(or TRITON_INTERPRET=1 set before the kernel module is imported)")
+        raise ValueError(
+            f"tensors are on {q.device}: the Triton kernel needs CUDA "
+            "(or TRITON_INTERPRET=1 set before the kernel module is imported)"
+        )
     if not math.isfinite(float(scale)) or float(scale) <= 0:
         raise ValueError(f"scale must be a positive finite number, got {scale}")
 
@@ -292,10 +347,18 @@ def kernel_meta(dtype: torch.dtype, d: int, half: int, rows: int, interpret: boo
     """
     fp32 = dtype == torch.float32
     return dict(
-        D=d, HALF=half, PASS=d - 2 * half,
-        D_P=_pow2(d), HALF_P=_pow2(half), PASS_P=_pow2(d - 2 * half),
-        BLOCK_M=min(16 if fp32 else 64, _pow2(rows)), BLOCK_N=32 if interpret else 64,
-        FP32=fp32, INTERPRET=interpret, num_warps=8, num_stages=2,
+        D=d,
+        HALF=half,
+        PASS=d - 2 * half,
+        D_P=_pow2(d),
+        HALF_P=_pow2(half),
+        PASS_P=_pow2(d - 2 * half),
+        BLOCK_M=min(16 if fp32 else 64, _pow2(rows)),
+        BLOCK_N=32 if interpret else 64,
+        FP32=fp32,
+        INTERPRET=interpret,
+        num_warps=8,
+        num_stages=2,
     )
 
 
@@ -363,16 +426,41 @@ def ring_attention_triton(
     else:
         o_part = m_part = l_part = out  # never touched when SPLIT is false
     _ring_attention_fwd[(row_blocks, b * hkv, num_splits)](
-        q, k_ring, v_ring, slot_pos, q_pos, inv_freq,
-        out, o_part, m_part, l_part,
-        float(scale) * _LOG2E, float(rope_scale),
-        s, c, rows, hkv, num_splits, keys_per_split,
-        *q.stride()[:3], *k_ring.stride()[:3], *v_ring.stride()[:3],
-        SPLIT=split, **meta,
+        q,
+        k_ring,
+        v_ring,
+        slot_pos,
+        q_pos,
+        inv_freq,
+        out,
+        o_part,
+        m_part,
+        l_part,
+        float(scale) * _LOG2E,
+        float(rope_scale),
+        s,
+        c,
+        rows,
+        hkv,
+        num_splits,
+        keys_per_split,
+        *q.stride()[:3],
+        *k_ring.stride()[:3],
+        *v_ring.stride()[:3],
+        SPLIT=split,
+        **meta,
     )
     if split:
         _combine_splits[(row_blocks, b * hkv)](
-            o_part, m_part, l_part, out, rows, num_splits, D=d, D_P=d_p, BLOCK_M=block_m,
+            o_part,
+            m_part,
+            l_part,
+            out,
+            rows,
+            num_splits,
+            D=d,
+            D_P=d_p,
+            BLOCK_M=block_m,
             INTERPRET=interpret,
         )
     return out

@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels import ring_attention
+from kernels import ring_attention, use_triton
+from kernels.ring_attention.reference import plan_ring
 from sepcli import arch
 from sepcli.errors import ConfigError
 from sepcli.stream.config import StreamConfig
@@ -153,6 +154,8 @@ class StreamEngine:
     def _forward(self, ids, slots, slot_pos, q_pos) -> torch.Tensor:
         """One pass of the decoder layers over a piece; -> last hidden states [1, P, hidden]."""
         h = arch.embed(self.model, ids[None])  # (1, P, hidden)
+        # Slots in use and RoPE tables are the same for every layer: build them once (torch path).
+        plan = None if use_triton(h) else plan_ring(slot_pos, q_pos, self.inv_freq, self.rope_scale)
         for i, layer in enumerate(self.layers):
             q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), self.shape)  # (1, H, P, D)
             self.ring.write(i, slots, k, v)
@@ -165,6 +168,7 @@ class StreamEngine:
                 self.inv_freq,
                 self.shape.scale,
                 self.rope_scale,
+                plan,
             )  # (1, Hq, P, D)
             h = h + arch.attention_output(layer, o)
             h = arch.mlp_block(layer, h)

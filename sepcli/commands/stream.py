@@ -118,16 +118,16 @@ def _table(snap: dict, title: str = "streaming") -> Table:
     table = Table(title=title, show_header=False, box=None, pad_edge=False, title_justify="left")
     cache = f"{snap.get('cache_used', 0)} / {snap.get('cache_capacity', '?')}"
 
-    def fmt(x):
-        return "-" if x is None else f"{x:,.3f}" if isinstance(x, float) else f"{x:,}"
+    def fmt(x, digits: int = 3):
+        return "-" if x is None else f"{x:,.{digits}f}" if isinstance(x, float) else f"{x:,}"
 
     table.add_row("tokens", fmt(snap.get("tokens", 0)))
     table.add_row("perplexity", fmt(snap.get("ppl")))
     table.add_row("recent perplexity", fmt(snap.get("recent_ppl")))
-    table.add_row("tokens/s", fmt(snap.get("tok_per_s")))
+    table.add_row("tokens/s", fmt(snap.get("tok_per_s"), 1))
     table.add_row("cache slots", cache)
-    table.add_row("memory (RSS MiB)", fmt(snap.get("rss_mb")))
-    table.add_row("elapsed s", fmt(snap.get("elapsed_s")))
+    table.add_row("memory (RSS MiB)", fmt(snap.get("rss_mb"), 0))
+    table.add_row("elapsed s", fmt(snap.get("elapsed_s"), 1))
     return table
 
 

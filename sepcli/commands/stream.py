@@ -196,109 +196,78 @@ def stream(
         raise ConfigError(f"--checkpoint {checkpoint_path} is a directory")
     if file == "-" and sys.stdin.isatty():
         raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
-    source = open_input(file)
-    try:
-        _run(
-            source,
-            file,
-            config,
-            model,
-            device,
-            dtype,
-            ppl,
-            json_out,
-            max_tokens,
-            checkpoint_path,
-            every,
-            resume,
-            interval,
-        )
-    finally:
-        if source is not sys.stdin.buffer:
-            source.close()
-
-
-def _run(
-    source,
-    file,
-    config,
-    model,
-    device,
-    dtype,
-    ppl,
-    json_out,
-    max_tokens,
-    checkpoint_path,
-    every,
-    resume,
-    interval,
-) -> None:
-    with err_console.status(f"loading {model} ..."):
-        lm = load_model(model, device=device, dtype=dtype)
-        engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
-    metrics = RunMetrics(engine.capacity)
-    meta = {"model": checkpoint.model_fingerprint(lm.model, lm.name), "config": config.to_dict()}
-    if resume is not None:
-        state = checkpoint.load(resume, meta)
-        engine.load_state_dict(state["engine"])
-        metrics.load_state_dict(state["metrics"])
-
-    resolved = {**config.to_dict(), "capacity": engine.capacity}
-    run_info = {
-        "model": lm.name,
-        "device": str(lm.device),
-        "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
-        "input": file,
-        "max_tokens": max_tokens,
-        "resumed_at": engine.seen if resume else None,
-    }
-    err_console.print(
-        "[dim]stream: "
-        + " ".join(f"{k}={v}" for k, v in {**resolved, **run_info}.items() if v is not None)
-        + "[/]"
-    )
-
-    stats = ReadStats()
-    blocks = stream_tokens(lm.tokenizer, source, stats, max_tokens)
-    if engine.seen:
-        blocks = skip(blocks, engine.seen)
-
-    def save() -> None:
-        checkpoint.save(checkpoint_path, meta, engine.state_dict(), metrics.state_dict())
-
-    use_json = json_out or not sys.stdout.isatty()
-    renderer = _JsonLines(interval) if use_json else _LiveView(interval)
-    interrupted, last_saved = False, engine.seen
-    with _StopFlag() as stop, renderer:
-        for piece in engine.run(blocks):
-            metrics.update(piece)
-            renderer.progress(metrics.snapshot())
-            if every and engine.seen - last_saved >= every:
-                save()
-                last_saved = engine.seen
-            if stop.requested:
-                interrupted = True
-                break
-        if checkpoint_path is not None:
-            save()
-        summary = {
-            "event": "summary",
-            **metrics.snapshot(),
-            "peak_rss_mb": round(peak_rss_mb(), 1),
-            "interrupted": interrupted,
-            "replaced_chars": stats.replaced,
-            "config": resolved,
-            **run_info,
+    with open_input(file) as source:
+        with err_console.status(f"loading {model} ..."):
+            lm = load_model(model, device=device, dtype=dtype)
+            engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
+        metrics = RunMetrics(engine.capacity)
+        meta = {
+            "model": checkpoint.model_fingerprint(lm.model, lm.name),
+            "config": config.to_dict(),
         }
-        renderer.summary(summary)
-    if stats.replaced:
+        if resume is not None:
+            state = checkpoint.load(resume, meta)
+            engine.load_state_dict(state["engine"])
+            metrics.load_state_dict(state["metrics"])
+
+        resolved = {**config.to_dict(), "capacity": engine.capacity}
+        run_info = {
+            "model": lm.name,
+            "device": str(lm.device),
+            "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
+            "input": file,
+            "max_tokens": max_tokens,
+            "resumed_at": engine.seen if resume else None,
+        }
         err_console.print(
-            f"[yellow]warning:[/] {stats.replaced} undecodable byte sequence(s) replaced with U+FFFD"
+            "[dim]stream: "
+            + " ".join(f"{k}={v}" for k, v in {**resolved, **run_info}.items() if v is not None)
+            + "[/]"
         )
-    if checkpoint_path is not None:
-        err_console.print(f"[dim]checkpoint written to {checkpoint_path} ({engine.seen} tokens)[/]")
-    if interrupted:
-        raise typer.Exit(130)
+
+        stats = ReadStats()
+        blocks = stream_tokens(lm.tokenizer, source, stats, max_tokens)
+        if engine.seen:
+            blocks = skip(blocks, engine.seen)
+
+        def save() -> None:
+            checkpoint.save(checkpoint_path, meta, engine.state_dict(), metrics.state_dict())
+
+        use_json = json_out or not sys.stdout.isatty()
+        renderer = _JsonLines(interval) if use_json else _LiveView(interval)
+        interrupted, last_saved = False, engine.seen
+        with _StopFlag() as stop, renderer:
+            for piece in engine.run(blocks):
+                metrics.update(piece)
+                renderer.progress(metrics.snapshot())
+                if every and engine.seen - last_saved >= every:
+                    save()
+                    last_saved = engine.seen
+                if stop.requested:
+                    interrupted = True
+                    break
+            if checkpoint_path is not None:
+                save()
+            summary = {
+                "event": "summary",
+                **metrics.snapshot(),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "interrupted": interrupted,
+                "replaced_chars": stats.replaced,
+                "config": resolved,
+                **run_info,
+            }
+            renderer.summary(summary)
+        if stats.replaced:
+            err_console.print(
+                f"[yellow]warning:[/] {stats.replaced} undecodable byte sequence(s) replaced with U+FFFD"
+            )
+        if checkpoint_path is not None:
+            err_console.print(
+                f"[dim]checkpoint written to {checkpoint_path} ({engine.seen} tokens)[/]"
+            )
+        if interrupted:
+            raise typer.Exit(130)
 
 
 def register(app: typer.Typer) -> None:

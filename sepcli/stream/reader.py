@@ -16,6 +16,7 @@ non-whitespace text is refused as empty.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -38,19 +39,24 @@ class ReadStats:
     tokens: int = 0
 
 
-def open_input(path: str) -> BinaryIO:
-    """``-`` -> stdin (binary); otherwise the file, with one-line errors for the usual mistakes."""
+@contextlib.contextmanager
+def open_input(path: str) -> Iterator[BinaryIO]:
+    """``-`` -> stdin (binary, left open); otherwise the file, closed on exit. One-line errors
+    for the usual mistakes are raised on entry, before anything else happens."""
     if path == "-":
-        return sys.stdin.buffer
+        yield sys.stdin.buffer
+        return
     p = Path(path).expanduser()
     if not p.exists():
         raise InputError(f"no such file: {path}")
     if p.is_dir():
         raise InputError(f"{path} is a directory, not a text file")
     try:
-        return open(p, "rb")  # noqa: SIM115 - closed by the caller
+        handle = open(p, "rb")
     except OSError as exc:
         raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with handle:
+        yield handle
 
 
 def safe_cut(text: str) -> int:

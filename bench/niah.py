@@ -28,10 +28,10 @@ sys.path.insert(0, str(ROOT))
 
 from sepcli.gemfilter import calibrate as cal  # noqa: E402
 from sepcli.gemfilter.config import QAConfig  # noqa: E402
-from sepcli.gemfilter.filter import select  # noqa: E402
+from sepcli.gemfilter.filter import layer_scores, select  # noqa: E402
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
-from sepcli.gemfilter.pipeline import answer_text, prepare, select_tokens  # noqa: E402
+from sepcli.gemfilter.pipeline import answer_text, prepare  # noqa: E402
 from sepcli.models import load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -137,53 +137,51 @@ def cmd_grid(args, lm) -> None:
     )
     depths = [float(x) for x in args.depths.split(",")]
     needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
-    layer = (
-        args.layer if args.layer is not None else cal.auto_layer(lm.model, lm.name, lm.source)[0]
-    )
+    if args.layers:
+        layers = [int(x) for x in args.layers.split(",")]
+    elif args.layer is not None:
+        layers = [args.layer]
+    else:
+        layers = [cal.auto_layer(lm.model, lm.name, lm.source)[0]]
     ks = [int(k) for k in args.topks.split(",")]
     variants = [(s, p) for s in (1, 5) for p in (False, True)]  # selection-only ablation
     rows = []
     out_name = args.out or "niah-grid.json"
+    device = next(lm.model.parameters()).device
     for i, case in enumerate(make_grid(lm.tokenizer, lengths, depths, needles)):
         row = {"length": case.length_tokens, "depth": case.depth, "needle": case.needle.answer}
-        base = QAConfig(method="full", max_new_tokens=args.max_new_tokens)
-        if not args.skip_full:
-            r = answer_text(lm.model, lm.tokenizer, case.document, case.question, base)
-            row["full"] = {
-                "correct": case.is_correct(r.answer),
-                "answer": r.answer,
-                "ttft_s": r.ttft_s,
-            }
         cfg = QAConfig(
-            method="gemfilter", layer=layer, topk=max(ks), max_new_tokens=args.max_new_tokens
+            method="gemfilter", layer=max(layers), topk=max(ks), max_new_tokens=args.max_new_tokens
         )
         prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
         if not args.skip_full:
             ans = _answer_from_ids(lm, prompt.ids, args.max_new_tokens, case)
             row["full"] = {"correct": case.is_correct(ans), "answer": ans}
+        # one filter pass serves every layer asked for (it stops at the highest)
         t0 = time.perf_counter()
-        chosen = select_tokens(lm.model, prompt, cfg)
+        window = prompt.window(cfg.window)
+        per_layer = {
+            r: sc[0].float().cpu()
+            for r, sc in layer_scores(lm.model, prompt.ids[None].to(device), layers, window)
+        }
         row["filter_s"] = time.perf_counter() - t0
         row["prompt_tokens"] = prompt.n
         needle_pos = prompt.tokens_of_chars(*case.needle_chars)
         doc_mask = prompt.document_mask()
-        for k in ks:
-            recall = {}
-            for smooth, protect in variants:
-                idx = select(chosen.scores, k, smooth=smooth, keep=~doc_mask if protect else None)
-                kept = set(idx.tolist())
-                recall[f"smooth{smooth}-protect{int(protect)}"] = sum(
-                    p in kept for p in needle_pos
-                ) / len(needle_pos)
-            idx = select(
-                chosen.scores, k, smooth=cfg.smooth, keep=~doc_mask if cfg.protect else None
-            )
-            ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens)
-            row[f"gemfilter{k}"] = {
-                "correct": case.is_correct(ans),
-                "answer": ans,
-                "recall": recall,
-            }
+        for layer in layers:
+            scores = per_layer[layer]
+            for k in ks:
+                recall = {}
+                for smooth, protect in variants:
+                    idx = select(scores, k, smooth=smooth, keep=~doc_mask if protect else None)
+                    kept = set(idx.tolist())
+                    recall[f"smooth{smooth}-protect{int(protect)}"] = sum(
+                        p in kept for p in needle_pos
+                    ) / len(needle_pos)
+                idx = select(scores, k, smooth=cfg.smooth, keep=~doc_mask if cfg.protect else None)
+                ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
+                name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
+                row[name] = {"correct": case.is_correct(ans), "answer": ans, "recall": recall}
         rows.append(row)
         print(
             f"[{i + 1}] {json.dumps({k: (v['correct'] if isinstance(v, dict) else v) for k, v in row.items()})}",
@@ -195,7 +193,8 @@ def cmd_grid(args, lm) -> None:
             {
                 "command": "python bench/niah.py grid " + " ".join(sys.argv[2:]),
                 "env": _env(lm),
-                "layer": layer,
+                "layer": layers[0] if len(layers) == 1 else layers,
+                "layers": layers,
                 "smooth": cfg.smooth,
                 "protect": cfg.protect,
                 "topks": ks,
@@ -245,7 +244,7 @@ def cmd_plot(args, lm=None) -> None:
 
     data = json.loads((RESULTS / (args.out or "niah-grid.json")).read_text())
     rows = data["rows"]
-    methods = [m for m in ["full"] + [f"gemfilter{k}" for k in data["topks"]] if m in rows[0]]
+    methods = [m for m in rows[0] if m == "full" or m.startswith("gemfilter")]
     lengths, depths = data["lengths"], data["depths"]
     # One depth: one row per needle instead (a 1-row heatmap says little).
     ykey, ys = ("depth", depths) if len(depths) > 1 else ("needle", data["needles"])
@@ -284,6 +283,9 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
         "--layer", type=int, default=None, help="0-based filter layer (default: calibrated)"
+    )
+    p.add_argument(
+        "--layers", default=None, help="grid: comma-separated filter layers (one shared pass)"
     )
     p.add_argument("--topk", type=int, default=cal.DEFAULT_CALIBRATION_TOPK)
     p.add_argument("--topks", default="256,512,1024")

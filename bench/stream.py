@@ -1,6 +1,6 @@
 """Benchmarks of the streaming engine (numbers in docs/stream.md come from here).
 
-    python bench/stream.py throughput [--tokens 4000] [--chunk 64] [--segment 320]
+    python bench/stream.py throughput [--tokens 4000] [--chunk 32,64,128,224] [--segment 896]
     python bench/stream.py quality    [--tokens 8000] [--plot docs/stream_ppl.png]
     python bench/stream.py chunking   [--tokens 2000]
     python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
@@ -80,41 +80,38 @@ def timed_feed(engine, ids) -> float:
 
 
 def throughput(args, lm, seps) -> dict:
-    """Interleaved rounds (engine, HF chunked, HF piece-sized, token loops) on the same tokens,
-    so that load changes on a shared machine hit every contender alike."""
+    """Interleaved rounds (engine and HF no-cache forwards at each chunk size, token loops) on
+    the same tokens, so that load changes on a shared machine hit every contender alike."""
     from transformers import DynamicCache
 
     ids = essay_ids(lm.tokenizer, args.tokens)
-    engine = StreamEngine(lm.model, StreamConfig(chunk=args.chunk), seps)
+    chunks = [int(c) for c in str(args.chunk).split(",")]
+    engines = {c: StreamEngine(lm.model, StreamConfig(chunk=c), seps) for c in chunks}
     engine1 = StreamEngine(lm.model, StreamConfig(chunk=1), seps)
     cache = DynamicCache()
-    timed_feed(engine, ids[:400])  # warm up, and fill the cache to its steady state
-    piece = StreamConfig().capacity - (
-        StreamConfig().init + StreamConfig().sep + StreamConfig().window
-    )
+    for engine in engines.values():
+        timed_feed(engine, ids[:400])  # warm up, and fill the cache to its steady state
     seg, loop_n = args.segment, args.loop_tokens
-    t = {
-        "engine": 0.0,
-        "hf_chunked": 0.0,
-        "hf_piece_sized": 0.0,
-        "token_loop": 0.0,
-        "engine_chunk1": 0.0,
-    }
+    t = {f"engine_chunk{c}": 0.0 for c in chunks}
+    t.update({f"hf_chunk{c}": 0.0 for c in chunks})
+    t.update({"token_loop": 0.0, "engine_chunk1": 0.0})
     n = n_loop = 0
     for i in range(400, len(ids) - seg + 1, seg):
         part = ids[i : i + seg]
-        t["engine"] += timed_feed(engine, part)
-        t["hf_chunked"] += hf_chunks(lm, part, args.chunk)
-        t["hf_piece_sized"] += hf_chunks(lm, part, piece)
+        for c in chunks:
+            t[f"engine_chunk{c}"] += timed_feed(engines[c], part)
+            t[f"hf_chunk{c}"] += hf_chunks(lm, part, c)
         t["token_loop"] += hf_token_loop(lm, part[:loop_n], cache)
         t["engine_chunk1"] += timed_feed(engine1, part[:loop_n])
         n, n_loop = n + seg, n_loop + loop_n
-    res = {"tokens": n, "loop_tokens": n_loop, "chunk": args.chunk, "steady_piece_tokens": piece}
+    res = {"tokens": n, "loop_tokens": n_loop}
     for k, v in t.items():
         res[f"{k}_tok_s"] = (n_loop if k in ("token_loop", "engine_chunk1") else n) / v
-    res["ratio_vs_hf_chunked"] = res["engine_tok_s"] / res["hf_chunked_tok_s"]
-    res["ratio_vs_hf_piece_sized"] = res["engine_tok_s"] / res["hf_piece_sized_tok_s"]
-    res["ratio_vs_token_loop"] = res["engine_tok_s"] / res["token_loop_tok_s"]
+    for c in chunks:
+        res[f"chunk{c}_ratio_vs_hf"] = res[f"engine_chunk{c}_tok_s"] / res[f"hf_chunk{c}_tok_s"]
+        res[f"chunk{c}_ratio_vs_token_loop"] = (
+            res[f"engine_chunk{c}_tok_s"] / res["token_loop_tok_s"]
+        )
     return res
 
 
@@ -215,12 +212,21 @@ def main() -> None:
         choices=["throughput", "quality", "chunking", "memory"],
     )
     parser.add_argument("--tokens", type=int, default=None)
-    parser.add_argument("--chunk", type=int, default=StreamConfig().chunk)
+    parser.add_argument(
+        "--chunk",
+        default=str(StreamConfig().chunk),
+        help="chunk size (throughput: a comma-separated list is measured side by side)",
+    )
     parser.add_argument("--plot", default=None)
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--methods", default="sepllm,streamingllm,window", help="chunking: methods")
-    parser.add_argument("--segment", type=int, default=320, help="throughput: tokens per round")
+    parser.add_argument(
+        "--segment",
+        type=int,
+        default=896,
+        help="throughput: tokens per round (a multiple of each chunk)",
+    )
     parser.add_argument(
         "--loop-tokens", type=int, default=16, help="throughput: token-loop tokens per round"
     )
@@ -229,6 +235,8 @@ def main() -> None:
         args.tokens
         or {"throughput": 4000, "quality": 8000, "chunking": 2000, "memory": 500_000}[args.what]
     )
+    if args.what != "throughput":
+        args.chunk = int(args.chunk)
     lm = load_model("smollm2", dtype=args.dtype)
     seps = separator_mask(lm.tokenizer)
     fn = {"throughput": throughput, "quality": quality, "chunking": chunking, "memory": memory}[

@@ -23,14 +23,21 @@ def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor, rope_scale: fl
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Apply RoPE to x [..., T, D] with cos/sin [T, R]; dims past R pass through (partial rotary)."""
+    """Apply RoPE to x [..., T, D] with cos/sin [T, R]; dims past R pass through (partial rotary).
+
+    The halves of the rotated dims are (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed
+    in fp32 (cos/sin are fp32) and stored in x's dtype.
+    """
     r = cos.shape[-1]
-    xf = x.to(torch.float32)
-    x_rot, x_pass = xf[..., :r], xf[..., r:]
     half = r // 2
-    rot_half = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    out = torch.cat((x_rot * cos + rot_half * sin, x_pass), dim=-1)
-    return out.to(x.dtype)
+    c, s = cos[..., :half], sin[..., :half]  # rope_cos_sin repeats the frequencies
+    x1, x2 = x[..., :half], x[..., half:r]
+    out = torch.empty_like(x)
+    torch.sub(x1 * c, x2 * s, out=out[..., :half])
+    torch.add(x2 * c, x1 * s, out=out[..., half:r])
+    if r < x.shape[-1]:
+        out[..., r:] = x[..., r:]
+    return out
 
 
 @dataclass(frozen=True)
@@ -38,7 +45,10 @@ class RingPlan:
     """What every layer of one forward shares: the slots in use and the RoPE tables.
 
     idx : [L] slots in use; kpos : [L] their cache positions; k_cos, k_sin : [L, R];
-    q_cos, q_sin : [C, R]; visible : [C, L] bool, key position <= query position.
+    q_cos, q_sin : [C, R]; visible : [C, L] bool, key position <= query position;
+    blind : some query sees no slot at all (its output must be zeroed);
+    bias : None, or ``visible`` as an additive mask (0 / -inf) in the attention dtype, which
+    spares SDPA converting the bool mask in every layer.
     """
 
     idx: torch.Tensor
@@ -48,17 +58,31 @@ class RingPlan:
     q_cos: torch.Tensor
     q_sin: torch.Tensor
     visible: torch.Tensor
+    blind: bool
+    bias: torch.Tensor | None = None
 
 
 def plan_ring(
-    slot_pos: torch.Tensor, q_pos: torch.Tensor, inv_freq: torch.Tensor, rope_scale: float = 1.0
+    slot_pos: torch.Tensor,
+    q_pos: torch.Tensor,
+    inv_freq: torch.Tensor,
+    rope_scale: float = 1.0,
+    dtype: torch.dtype | None = None,
 ) -> RingPlan:
-    """Build once per forward, pass to every layer's call (same result, 30x fewer RoPE tables)."""
+    """Build once per forward, pass to every layer's call (same result, 30x fewer RoPE tables).
+
+    ``dtype``: the queries' dtype, to precompute the additive mask (``RingPlan.bias``)."""
     idx = (slot_pos >= 0).nonzero().squeeze(-1)  # (L,) slots actually in use
     kpos = slot_pos[idx]
     kc, ks = rope_cos_sin(kpos, inv_freq, rope_scale)
     qc, qs = rope_cos_sin(q_pos, inv_freq, rope_scale)
-    return RingPlan(idx, kpos, kc, ks, qc, qs, kpos[None, :] <= q_pos[:, None])
+    visible = kpos[None, :] <= q_pos[:, None]
+    blind = bool(q_pos.numel()) and not bool(visible.any(-1).all())
+    bias = None
+    if dtype is not None:
+        bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
+        bias.masked_fill_(~visible, float("-inf"))
+    return RingPlan(idx, kpos, kc, ks, qc, qs, visible, blind, bias)
 
 
 def ring_attention_reference(
@@ -96,8 +120,9 @@ def ring_attention_reference(
     v = v_ring.index_select(2, plan.idx)
     k = rotate(k, plan.k_cos, plan.k_sin)
     qr = rotate(q, plan.q_cos, plan.q_sin)
+    mask = plan.bias if plan.bias is not None and plan.bias.dtype == q.dtype else plan.visible
     out = F.scaled_dot_product_attention(
-        qr, k, v, attn_mask=plan.visible, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+        qr, k, v, attn_mask=mask, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
     # SDPA gives NaN for a fully masked row; such a query saw nothing.
-    return torch.nan_to_num(out, nan=0.0)
+    return torch.nan_to_num(out, nan=0.0) if plan.blind else out

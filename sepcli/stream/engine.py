@@ -1,18 +1,21 @@
-"""The streaming loop: tokens -> pieces -> layer-by-layer forward over the ring -> per-token NLL.
+"""The streaming loop: tokens -> chunks -> layer-by-layer forward over the ring -> per-token NLL.
 
 One token's path, top to bottom:
 
 1. :meth:`StreamEngine.run` groups incoming token ids into chunks of ``config.chunk``.
-2. :meth:`StreamEngine.feed` cuts a chunk into pieces; the policy evicts what must go and says
-   how many tokens fit (sepllm cuts at compression points, so chunking is exact).
-3. :meth:`StreamEngine._forward` writes each layer's pre-RoPE keys/values of the piece into free
-   ring slots and attends over the ring with RoPE at cache positions
-   (:func:`kernels.ring_attention`): slots get their rank among kept tokens, the piece's
-   queries continue from there.
-4. The logits at token t score token t+1 in fp32; the last row is carried to the next piece,
-   so the whole stream is scored across piece and chunk boundaries.
+2. :meth:`StreamEngine.feed` plans the chunk as *pieces* that fit the cache: the policy evicts
+   what must go and says how many tokens fit (sepllm cuts at compression points). Planning only
+   touches the ring's index tensors, so every piece's slots and cache positions are known
+   before any layer runs.
+3. :meth:`StreamEngine._forward` runs the decoder once over the whole chunk: projections, MLP and
+   LM head see all the chunk's tokens at once; only attention goes piece by piece, each piece
+   writing its pre-RoPE keys/values into its slots and attending over the ring as it stood for
+   that piece (:func:`kernels.ring_attention`, RoPE at cache positions). Every token therefore
+   sees exactly what it would see fed one at a time (sepllm), at the cost of one forward.
+4. The logits at token t score token t+1 in fp32; the last row is carried to the next chunk,
+   so the whole stream is scored across chunk boundaries.
 
-The engine never prints: it yields one :class:`PieceStats` per piece.
+The engine never prints: it yields one :class:`PieceStats` per chunk.
 """
 
 from __future__ import annotations
@@ -30,18 +33,23 @@ from sepcli.errors import ConfigError
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.policy import make_policy
 from sepcli.stream.ring import RingKV
+from sepcli.stream.sliding import plan_sliding, sliding_attention
+
+SLIDING = ("streamingllm", "window")  # methods whose chunks run through sepcli.stream.sliding
 
 
 @dataclass(frozen=True)
 class PieceStats:
-    """What one forward pass did.
+    """What one forward pass (one chunk) did.
 
-    tokens : tokens fed in this piece.
+    tokens : tokens fed in this chunk.
     scored : tokens whose NLL was computed (the stream's very first token has no prediction).
     nll_sum : sum of their NLL (nats, fp32 log-softmax).
     nll : [scored] per-token NLL, fp32, on CPU.
-    cache_used : ring slots in use after the piece (<= capacity).
+    cache_used : ring slots in use after the chunk (<= capacity).
     seen : tokens fed since the start of the stream.
+    cache_peak : most ring slots in use while the chunk was processed (<= capacity).
+    pieces : attention pieces the chunk was cut into (compressions inside it + 1).
     """
 
     tokens: int
@@ -50,6 +58,21 @@ class PieceStats:
     nll: torch.Tensor
     cache_used: int
     seen: int
+    cache_peak: int = 0
+    pieces: int = 1
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """One attention step of a chunk: tokens [start, start + n) in ``slots``; the ring's cache
+    positions as they stand for this piece (``slot_pos`` [S], ``q_pos`` [n])."""
+
+    start: int
+    n: int
+    slots: torch.Tensor
+    slot_pos: torch.Tensor
+    q_pos: torch.Tensor
+    used: int
 
 
 class StreamEngine:
@@ -113,34 +136,49 @@ class StreamEngine:
             yield from self.feed(buf)
 
     def feed(self, ids: Sequence[int]) -> Iterator[PieceStats]:
-        """Process one chunk of token ids, as pieces that fit the cache."""
+        """Process one chunk of token ids in one forward pass."""
         ids_t = torch.as_tensor(list(ids), dtype=torch.int64, device=self.device)
-        done = 0
-        while done < ids_t.numel():
-            n = self.policy.make_room(self.ring, ids_t.numel() - done)
-            yield self._piece(ids_t[done : done + n])
+        if not ids_t.numel():
+            return
+        if self.config.method in SLIDING:
+            yield self._chunk_sliding(ids_t)
+        else:
+            yield self._chunk(ids_t)
+
+    def _plan(self, ids: torch.Tensor) -> list[_Piece]:
+        """Evict and claim slots for the whole chunk, piece by piece (index tensors only)."""
+        pieces, done, total = [], 0, ids.numel()
+        while done < total:
+            n = self.policy.make_room(self.ring, total - done)
+            text_idx = torch.arange(self.seen + done, self.seen + done + n, device=self.device)
+            slots = self.ring.claim(text_idx, self.separators[ids[done : done + n]])
+            slot_pos = self.ring.slot_positions()  # (S,) shared by every layer
+            # q_pos = L .. L+n-1: the piece continues the cache
+            pieces.append(_Piece(done, n, slots, slot_pos, slot_pos[slots], self.ring.used))
             done += n
+        return pieces
 
     @torch.inference_mode()
-    def _piece(self, ids: torch.Tensor) -> PieceStats:
-        """ids [P], already given room by the policy: forward, score, advance."""
+    def _chunk(self, ids: torch.Tensor) -> PieceStats:
+        """ids [P]: plan, forward, score, advance."""
+        pieces = self._plan(ids)
+        h = self._forward(ids, pieces)  # (1, P, hidden)
+        return self._score(ids, h, max(pc.used for pc in pieces), len(pieces))
+
+    def _score(self, ids: torch.Tensor, h: torch.Tensor, peak: int, pieces: int) -> PieceStats:
+        """Advance past the chunk ids [P] (last hidden states h [1, P, hidden]) and score it."""
         p = ids.numel()
-        text_idx = torch.arange(self.seen, self.seen + p, device=self.device)
-        slots = self.ring.claim(text_idx, self.separators[ids])
-        slot_pos = self.ring.slot_positions()  # (S,) shared by every layer
-        q_pos = slot_pos[slots]  # (P,) = L .. L+P-1: the piece continues the cache
-        h = self._forward(ids, slots, slot_pos, q_pos)  # (1, P, hidden)
         self.seen += p
         if not self.score:
             empty = torch.zeros(0)
-            return PieceStats(p, 0, 0.0, empty, self.ring.used, self.seen)
+            return PieceStats(p, 0, 0.0, empty, self.ring.used, self.seen, peak, pieces)
         logits = arch.logits(self.model, h)[0]  # (P, V)
 
-        # logits at t score token t+1; the first token of the piece uses the carried row.
-        rows, targets = logits[:-1], ids[1:]
+        # logits at t score token t+1; the first token of the chunk uses the carried row.
+        nll = F.cross_entropy(logits[:-1].float(), ids[1:], reduction="none")
         if self.carry is not None:
-            rows, targets = torch.cat((self.carry[None], rows)), ids
-        nll = F.cross_entropy(rows.float(), targets, reduction="none")
+            first = F.cross_entropy(self.carry[None], ids[:1], reduction="none")
+            nll = torch.cat((first, nll))
         self.carry = logits[-1].float()
         return PieceStats(
             tokens=p,
@@ -149,27 +187,89 @@ class StreamEngine:
             nll=nll.cpu(),
             cache_used=self.ring.used,
             seen=self.seen,
+            cache_peak=peak,
+            pieces=pieces,
         )
 
-    def _forward(self, ids, slots, slot_pos, q_pos) -> torch.Tensor:
-        """One pass of the decoder layers over a piece; -> last hidden states [1, P, hidden]."""
+    @torch.inference_mode()
+    def _chunk_sliding(self, ids: torch.Tensor) -> PieceStats:
+        """streamingllm / window, exact for any chunk (see :mod:`sepcli.stream.sliding`)."""
+        p, start = ids.numel(), self.seen
+        sinks = self.config.init if self.config.method == "streamingllm" else 0
+        ring = self.ring
+        old_idx = ring.kept_slots()
+        old_text = ring.text_idx[old_idx]
+        plan = plan_sliding(
+            old_idx,
+            old_text,
+            start,
+            p,
+            sinks,
+            self.capacity,
+            self.inv_freq,
+            self.rope_scale,
+            self.dtype,
+        )
+        # The cache after the chunk: the sinks and the last capacity - sinks tokens, as if fed
+        # one at a time. Slots are freed and claimed now; each layer reads its old keys before
+        # it writes the new ones.
+        keep_from = start + p - (self.capacity - sinks)
+        ring.free(old_idx[(old_text >= sinks) & (old_text < keep_from)])
+        text = torch.arange(start, start + p, device=self.device)
+        new = ((text < sinks) | (text >= keep_from)).nonzero().squeeze(-1)
+        slots = ring.claim(text[new], self.separators[ids[new]])
+
+        h = arch.embed(self.model, ids[None])  # (1, P, hidden)
+        for i, layer in enumerate(self.layers):
+            q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), self.shape)
+            o = sliding_attention(
+                q,
+                ring.k[i].index_select(2, old_idx),
+                ring.v[i].index_select(2, old_idx),
+                k,
+                v,
+                plan,
+                self.shape.scale,
+            )
+            ring.write(i, slots, k.index_select(2, new), v.index_select(2, new))
+            h = h + arch.attention_output(layer, o)
+            h = arch.mlp_block(layer, h)
+        return self._score(ids, h, min(start + p, self.capacity), 1)
+
+    def _forward(self, ids: torch.Tensor, pieces: list[_Piece]) -> torch.Tensor:
+        """One pass of the decoder layers over a chunk; -> last hidden states [1, P, hidden]."""
         h = arch.embed(self.model, ids[None])  # (1, P, hidden)
         # Slots in use and RoPE tables are the same for every layer: build them once (torch path).
-        plan = None if use_triton(h) else plan_ring(slot_pos, q_pos, self.inv_freq, self.rope_scale)
+        triton = use_triton(h)
+        plans = [
+            None
+            if triton
+            else plan_ring(pc.slot_pos, pc.q_pos, self.inv_freq, self.rope_scale, h.dtype)
+            for pc in pieces
+        ]
         for i, layer in enumerate(self.layers):
             q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), self.shape)  # (1, H, P, D)
-            self.ring.write(i, slots, k, v)
-            o = ring_attention(
-                q,
-                self.ring.k[i],
-                self.ring.v[i],
-                slot_pos,
-                q_pos,
-                self.inv_freq,
-                self.shape.scale,
-                self.rope_scale,
-                plan,
-            )  # (1, Hq, P, D)
+            outs = []
+            for pc, plan in zip(pieces, plans, strict=True):
+                part = slice(pc.start, pc.start + pc.n)
+                qp, kp, vp = (
+                    (q, k, v) if len(pieces) == 1 else (q[:, :, part], k[:, :, part], v[:, :, part])
+                )
+                self.ring.write(i, pc.slots, kp, vp)
+                outs.append(
+                    ring_attention(
+                        qp.contiguous() if triton else qp,
+                        self.ring.k[i],
+                        self.ring.v[i],
+                        pc.slot_pos,
+                        pc.q_pos,
+                        self.inv_freq,
+                        self.shape.scale,
+                        self.rope_scale,
+                        plan,
+                    )
+                )  # (1, Hq, n, D)
+            o = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
             h = h + arch.attention_output(layer, o)
             h = arch.mlp_block(layer, h)
         return h

@@ -11,7 +11,9 @@ transformers 5.x attention rotates keys with RoPE *before* calling
   with their values, so HF's plain causal mask over L+P keys is the right one;
 * cannot see token ids in ``update``, which SepLLM needs to know separators: you feed the
   input through :meth:`SepLLMCache.pieces`, which makes room, records the ids, and yields
-  the pieces that fit (sepllm may cut a chunk at a compression point).
+  the pieces that fit (sepllm may cut a chunk at a compression point; streamingllm and window,
+  once the cache is full, go one token per piece, so that every query sees what it would see
+  fed alone: exact, but slow; :class:`StreamEngine` runs them exactly in whole chunks).
 
 Batch size 1. Each ``update`` materialises the L+P rotated keys of that layer (the fused
 :func:`kernels.ring_attention` avoids this copy; use :class:`StreamEngine` for speed)::
@@ -104,7 +106,12 @@ class SepLLMCache(Cache):
         ids = input_ids[0].to(self.ring.text_idx.device)
         done = 0
         while done < ids.numel():
-            n = self.policy.make_room(self.ring, ids.numel() - done)
+            want = ids.numel() - done
+            if self.config.method in ("streamingllm", "window"):
+                # exact: evicting for several tokens at once would hide old tokens from the
+                # piece's first queries, so once the cache is full, one token per piece
+                want = min(want, max(self.ring.capacity - self.ring.used, 1))
+            n = self.policy.make_room(self.ring, want)
             piece = ids[done : done + n]
             self.past_length = self.ring.used  # after eviction, before the piece
             text_idx = torch.arange(self.seen, self.seen + n, device=ids.device)

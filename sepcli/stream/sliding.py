@@ -1,0 +1,113 @@
+"""Exact chunked attention for the sliding methods (``streamingllm`` and ``window``).
+
+Fed one token at a time, StreamingLLM's query t sees the ``init`` sink tokens and the last
+``capacity - init`` tokens up to itself (``window``: the last ``capacity``, no sinks), at cache
+positions. A chunk of P queries cannot share one cache state: each query has evicted a
+different number of old tokens. What makes one forward possible is that cache positions are
+contiguous for the recent tokens, so only *distances* matter and they are text distances:
+
+* a recent key i seen by query t sits ``t - i`` positions before it, whatever was evicted;
+* a sink s sits at cache position s and the query at ``min(t, capacity - 1)``.
+
+So the recent keys and the queries are rotated at text positions (relative to the chunk, to
+keep the angles small), the sinks at their own positions, and a per-query mask gives each query
+exactly the window it would have seen. The two RoPE frames are joined in one attention call by
+concatenating along the head dimension: ``q' = [q at its sink-frame position, q at its text
+position]``, ``k' = [k, 0]`` for sinks and ``[0, k]`` for recent keys, so ``q'.k'`` is the right
+dot product for each kind (and the scale stays ``D**-0.5``). Everything here is shared by the
+layers of one forward except the keys and values themselves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from kernels.ring_attention.reference import rope_cos_sin, rotate
+
+
+@dataclass(frozen=True)
+class SlidingPlan:
+    """What every layer of one chunk shares.
+
+    old_idx : [L0] ring slots holding the tokens before the chunk, in text order.
+    k_cos, k_sin : [L0 + P, R] RoPE of the sources (old tokens, then the chunk's).
+    q_text_cos, q_text_sin : [P, R] the queries in the recent-key frame.
+    q_sink_cos, q_sink_sin : [P, R] the queries in the sink frame (None: no sinks).
+    sink : [L0 + P] bool, the source is a sink; None when there are none.
+    bias : [P, L0 + P] additive mask (0 / -inf) in the attention dtype.
+    """
+
+    old_idx: torch.Tensor
+    k_cos: torch.Tensor
+    k_sin: torch.Tensor
+    q_text_cos: torch.Tensor
+    q_text_sin: torch.Tensor
+    q_sink_cos: torch.Tensor | None
+    q_sink_sin: torch.Tensor | None
+    sink: torch.Tensor | None
+    bias: torch.Tensor
+
+
+def plan_sliding(
+    old_idx: torch.Tensor,
+    old_text: torch.Tensor,
+    start: int,
+    n: int,
+    sinks: int,
+    capacity: int,
+    inv_freq: torch.Tensor,
+    rope_scale: float,
+    dtype: torch.dtype,
+) -> SlidingPlan:
+    """Plan a chunk of ``n`` tokens starting at text index ``start``.
+
+    old_idx / old_text: the ring's kept slots before the chunk and their text indices (text
+    order). ``sinks``: tokens with text index < sinks are kept forever (``init`` for
+    streamingllm, 0 for window); the others are kept while within the last ``capacity - sinks``.
+    """
+    device = old_idx.device
+    q_text = torch.arange(start, start + n, device=device)
+    src_text = torch.cat((old_text, q_text))
+    base = start - capacity  # recent positions relative to the chunk: small angles forever
+    is_sink = src_text < sinks
+    k_pos = torch.where(is_sink, src_text, src_text - base)
+    k_cos, k_sin = rope_cos_sin(k_pos, inv_freq, rope_scale)
+    qt_cos, qt_sin = rope_cos_sin(q_text - base, inv_freq, rope_scale)
+    recent = capacity - sinks
+    causal = src_text[None, :] <= q_text[:, None]
+    in_window = src_text[None, :] > q_text[:, None] - recent
+    visible = causal & (in_window | is_sink[None, :])
+    bias = torch.zeros(visible.shape, dtype=dtype, device=device)
+    bias.masked_fill_(~visible, float("-inf"))
+    qs_cos = qs_sin = sink = None
+    if bool(is_sink.any()):
+        qs_cos, qs_sin = rope_cos_sin(q_text.clamp(max=capacity - 1), inv_freq, rope_scale)
+        sink = is_sink
+    return SlidingPlan(old_idx, k_cos, k_sin, qt_cos, qt_sin, qs_cos, qs_sin, sink, bias)
+
+
+def sliding_attention(
+    q: torch.Tensor,
+    k_old: torch.Tensor,
+    v_old: torch.Tensor,
+    k_new: torch.Tensor,
+    v_new: torch.Tensor,
+    plan: SlidingPlan,
+    scale: float,
+) -> torch.Tensor:
+    """q [1, Hq, P, D] pre-RoPE; k_old/v_old [1, Hkv, L0, D] (the ring's old tokens in text
+    order); k_new/v_new [1, Hkv, P, D] (the chunk's) -> [1, Hq, P, D]."""
+    k = rotate(torch.cat((k_old, k_new), dim=2), plan.k_cos, plan.k_sin)
+    v = torch.cat((v_old, v_new), dim=2)
+    qt = rotate(q, plan.q_text_cos, plan.q_text_sin)
+    if plan.sink is not None:
+        qs = rotate(q, plan.q_sink_cos, plan.q_sink_sin)
+        qt = torch.cat((qs, qt), dim=-1)
+        is_sink = plan.sink[:, None]
+        k = torch.cat((k * is_sink, k * ~is_sink), dim=-1)
+    return F.scaled_dot_product_attention(
+        qt, k, v, attn_mask=plan.bias, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
+    )

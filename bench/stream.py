@@ -56,10 +56,13 @@ def engine_run(lm, seps, ids, cfg) -> tuple[torch.Tensor, float, list]:
 
 @torch.inference_mode()
 def hf_chunks(lm, ids, chunk) -> float:
-    """Plain HF forward over the same tokens in chunks, no cache (the compute floor)."""
+    """Plain HF forward over the same tokens in chunks, no cache, with ``labels`` so that it
+    scores the tokens as the engine does (HF upcasts the logits to fp32 for its loss): the
+    compute floor of perplexity evaluation at that chunk size."""
     t0 = time.perf_counter()
     for i in range(0, len(ids), chunk):
-        lm.model(torch.tensor([ids[i : i + chunk]]), use_cache=False)
+        x = torch.tensor([ids[i : i + chunk]])
+        lm.model(x, labels=x, use_cache=False)
     return time.perf_counter() - t0
 
 

@@ -214,7 +214,7 @@ def test_full_refuses_past_the_context(tiny_llama, seps, text_ids):
         ({"chunk": 300}, "larger than --window"),
         ({"chunk": 0}, "chunk"),
         ({"method": "magic"}, "unknown method"),
-        ({"method": "streamingllm", "init": 4, "capacity": 10, "chunk": 8}, "sink"),
+        ({"method": "streamingllm", "init": 4, "capacity": 4, "chunk": 1}, "sink"),
     ],
 )
 def test_bad_configs_are_config_errors(kwargs, match):
@@ -240,3 +240,11 @@ def test_transformers_cache_adapter_matches_the_engine(tiny_llama, seps, text_id
     nll = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
     assert cache.ring.used <= 32 and cache.seen == len(ids)
     torch.testing.assert_close(nll, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_default_chunk_is_capped_by_the_window():
+    from sepcli.stream.config import DEFAULT_CHUNK
+
+    assert StreamConfig().chunk == min(DEFAULT_CHUNK, StreamConfig().window)
+    assert StreamConfig(window=100, capacity=200).chunk == 100
+    assert StreamConfig(chunk=7).chunk == 7

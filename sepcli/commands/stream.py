@@ -151,8 +151,13 @@ def stream(
         int, typer.Option("--capacity", help="Max KV cache slots (sepllm: > init+sep+window).")
     ] = D.capacity,
     chunk: Annotated[
-        int, typer.Option("--chunk", help="Tokens per forward pass (1 = token by token).")
-    ] = D.chunk,
+        int | None,
+        typer.Option(
+            "--chunk",
+            help="Tokens per forward pass, at most --window (1 = token by token; the result is "
+            "the same for any chunk). [default: min(224, window)]",
+        ),
+    ] = None,
     ppl: Annotated[
         bool,
         typer.Option("--ppl/--no-ppl", help="Score perplexity (--no-ppl only fills the cache)."),

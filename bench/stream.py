@@ -36,9 +36,9 @@ if "OMP_NUM_THREADS" in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def essay_ids(tok, n: int) -> list[int]:
-    """BOS + the first n tokens of the essays (repeated if needed)."""
-    text = essays_text()
+def essay_ids(tok, n: int, source: str = "essays") -> list[int]:
+    """BOS + the first n tokens of the essays, or of the text file ``source`` (repeated if needed)."""
+    text = essays_text() if source == "essays" else Path(source).read_text(encoding="utf-8")
     ids = tok(text, add_special_tokens=False)["input_ids"]
     while len(ids) < n:
         ids = ids + ids
@@ -118,31 +118,41 @@ def throughput(args, lm, seps) -> dict:
     return res
 
 
-QUALITY_CONFIGS = {
-    324: dict(init=4, sep=64, window=224, capacity=324),
-    800: dict(init=4, sep=64, window=256, capacity=800),
-}
+QUALITY_CONFIGS = [  # (capacity, label, method, sizes): the paper's configurations
+    (324, "sepllm s=64", "sepllm", dict(init=4, sep=64, window=224, capacity=324)),
+    (324, "sepllm s=32", "sepllm", dict(init=4, sep=32, window=224, capacity=324)),
+    (324, "streamingllm", "streamingllm", dict(init=4, capacity=324)),
+    (324, "window", "window", dict(capacity=324)),
+    (800, "sepllm s=64", "sepllm", dict(init=4, sep=64, window=256, capacity=800)),
+    (800, "sepllm s=32", "sepllm", dict(init=4, sep=32, window=256, capacity=800)),
+    (800, "streamingllm", "streamingllm", dict(init=4, capacity=800)),
+    (800, "window", "window", dict(capacity=800)),
+]
 
 
 def quality(args, lm, seps) -> dict:
-    ids = essay_ids(lm.tokenizer, args.tokens)
+    ids = essay_ids(lm.tokenizer, args.tokens, args.text)
     out, curves = {}, {}
-    for c, sizes in QUALITY_CONFIGS.items():
-        for method in ("sepllm", "streamingllm", "window"):
-            cfg = StreamConfig(method=method, chunk=args.chunk, **sizes)
-            nll, dt, stats = engine_run(lm, seps, ids, cfg)
-            used = [s.cache_used for s in stats]
-            out[f"{method}@{c}"] = {
-                "ppl": math.exp(nll.mean()),
-                "avg_cache": sum(u * s.tokens for u, s in zip(used, stats, strict=True))
-                / sum(s.tokens for s in stats),
-                "tok_s": len(ids) / dt,
-            }
-            if c == 324:
-                curves[method] = torch.exp(
-                    torch.cumsum(nll.double(), 0) / torch.arange(1, nll.numel() + 1)
-                )
-            print(json.dumps({f"{method}@{c}": out[f"{method}@{c}"]}), flush=True)
+    for c, label, method, sizes in QUALITY_CONFIGS:
+        if args.capacities and c not in args.capacities:
+            continue
+        cfg = StreamConfig(method=method, chunk=min(args.chunk, sizes.get("window", 224)), **sizes)
+        nll, dt, stats = engine_run(lm, seps, ids, cfg)
+        key = f"{label}@{c}"
+        out[key] = {
+            "ppl": math.exp(nll.mean()),
+            "avg_cache": sum(s.cache_mean * s.tokens for s in stats) / sum(s.tokens for s in stats),
+            "tok_s": len(ids) / dt,
+        }
+        if c == min(args.capacities or [324]) and label in (
+            "sepllm s=64",
+            "streamingllm",
+            "window",
+        ):
+            curves[label] = torch.exp(
+                torch.cumsum(nll.double(), 0) / torch.arange(1, nll.numel() + 1)
+            )
+        print(json.dumps({key: out[key]}), flush=True)
     if args.plot:
         import matplotlib
 
@@ -155,9 +165,7 @@ def quality(args, lm, seps) -> dict:
         ax.set_xlabel("tokens")
         ax.set_ylabel("running perplexity")
         ax.set_ylim(bottom=0, top=float(max(c[200:].max() for c in curves.values())) * 1.1)
-        ax.set_title(
-            f"SmolLM2-135M on the essays, capacity 324 (a=4 s=64 w=224), chunk {args.chunk}"
-        )
+        ax.set_title(f"SmolLM2-135M, {Path(args.text).stem}, capacity 324 (a=4 s=64 w=224)")
         ax.legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
@@ -221,6 +229,12 @@ def main() -> None:
         help="chunk size (throughput: a comma-separated list is measured side by side)",
     )
     parser.add_argument("--plot", default=None)
+    parser.add_argument(
+        "--capacities", default="", help="quality: only these capacities (e.g. 324)"
+    )
+    parser.add_argument(
+        "--text", default="essays", help="quality: 'essays' or a UTF-8 text file (make bench-data)"
+    )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--methods", default="sepllm,streamingllm,window", help="chunking: methods")
@@ -240,6 +254,7 @@ def main() -> None:
     )
     if args.what != "throughput":
         args.chunk = int(args.chunk)
+    args.capacities = [int(c) for c in args.capacities.split(",") if c]
     lm = load_model("smollm2", dtype=args.dtype)
     seps = separator_mask(lm.tokenizer)
     fn = {"throughput": throughput, "quality": quality, "chunking": chunking, "memory": memory}[

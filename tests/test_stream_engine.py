@@ -89,6 +89,14 @@ def naive_nll(model, ids, method, a, s, w, c, sep_ids):
     return torch.stack(out)
 
 
+def assert_cache_means_match(stats, after1):
+    """cache_mean of each chunk = the mean cache size its tokens saw fed one at a time
+    (``after1[seen]``: entries in the cache right after token seen-1, itself included)."""
+    for st in stats:
+        want = sum(after1[t] for t in range(st.seen - st.tokens + 1, st.seen + 1)) / st.tokens
+        assert st.cache_mean == pytest.approx(want)
+
+
 # ---------------------------------------------------------------------- tests
 
 # Weights 15x the default init scale: attention is peaked and logits spread out, so an error
@@ -159,6 +167,7 @@ def test_chunked_sepllm_equals_token_by_token(tiny_llama, seps, text_ids, sizes,
     # the cache state after each chunk is the one token-by-token feeding reaches there
     after1 = {s.seen: s.cache_used for s in stats1}
     assert all(after1[s.seen] == s.cache_used for s in stats)
+    assert_cache_means_match(stats, after1)
 
 
 @torch.inference_mode()
@@ -183,6 +192,7 @@ def test_chunked_sliding_methods_equal_token_by_token(
     after1 = {s.seen: s.cache_used for s in stats1}
     assert all(after1[s.seen] == s.cache_used for s in stats)
     assert max(s.cache_peak for s in stats) == sizes["capacity"]
+    assert_cache_means_match(stats, after1)
 
 
 @torch.inference_mode()

@@ -50,6 +50,8 @@ class PieceStats:
     seen : tokens fed since the start of the stream.
     cache_peak : most ring slots in use while the chunk was processed (<= capacity).
     pieces : attention pieces the chunk was cut into (compressions inside it + 1).
+    cache_mean : mean over the chunk's tokens of the cache entries each attended to (itself
+        included): the paper's "average runtime KV" when averaged over a run.
     """
 
     tokens: int
@@ -60,6 +62,7 @@ class PieceStats:
     seen: int
     cache_peak: int = 0
     pieces: int = 1
+    cache_mean: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -163,15 +166,21 @@ class StreamEngine:
         """ids [P]: plan, forward, score, advance."""
         pieces = self._plan(ids)
         h = self._forward(ids, pieces)  # (1, P, hidden)
-        return self._score(ids, h, max(pc.used for pc in pieces), len(pieces))
+        # token j of a piece of n that ends with `used` slots in use sees used - n + 1 + j
+        seen_sum = sum(pc.n * pc.used - pc.n * (pc.n - 1) / 2 for pc in pieces)
+        return self._score(
+            ids, h, max(pc.used for pc in pieces), len(pieces), seen_sum / ids.numel()
+        )
 
-    def _score(self, ids: torch.Tensor, h: torch.Tensor, peak: int, pieces: int) -> PieceStats:
+    def _score(
+        self, ids: torch.Tensor, h: torch.Tensor, peak: int, pieces: int, mean: float
+    ) -> PieceStats:
         """Advance past the chunk ids [P] (last hidden states h [1, P, hidden]) and score it."""
         p = ids.numel()
         self.seen += p
         if not self.score:
             empty = torch.zeros(0)
-            return PieceStats(p, 0, 0.0, empty, self.ring.used, self.seen, peak, pieces)
+            return PieceStats(p, 0, 0.0, empty, self.ring.used, self.seen, peak, pieces, mean)
         logits = arch.logits(self.model, h)[0]  # (P, V)
 
         # logits at t score token t+1; the first token of the chunk uses the carried row.
@@ -189,6 +198,7 @@ class StreamEngine:
             seen=self.seen,
             cache_peak=peak,
             pieces=pieces,
+            cache_mean=mean,
         )
 
     @torch.inference_mode()
@@ -234,7 +244,10 @@ class StreamEngine:
             ring.write(i, slots, k.index_select(2, new), v.index_select(2, new))
             h = h + arch.attention_output(layer, o)
             h = arch.mlp_block(layer, h)
-        return self._score(ids, h, min(start + p, self.capacity), 1)
+        mean = float(
+            text.add(1).clamp(max=self.capacity).double().mean()
+        )  # token t sees min(t+1, c)
+        return self._score(ids, h, min(start + p, self.capacity), 1, mean)
 
     def _forward(self, ids: torch.Tensor, pieces: list[_Piece]) -> torch.Tensor:
         """One pass of the decoder layers over a chunk; -> last hidden states [1, P, hidden]."""

@@ -56,7 +56,12 @@ def naive_nll(model, ids, method, a, s, w, c, sep_ids):
         if method == "sepllm" and len(kept) + 1 > c:
             middle = [e for i, e in enumerate(kept) if e["idx"] >= a and i < len(kept) - w]
             mid_seps = [e for e in middle if e["sep"]]
-            keep_ids = {e["idx"] for e in mid_seps[len(mid_seps) - s :]} if s else set()
+            # the newest s separators: count them off one by one (no slicing arithmetic)
+            keep_ids = set()
+            for e in reversed(mid_seps):
+                if len(keep_ids) == s:
+                    break
+                keep_ids.add(e["idx"])
             kept = [e for e in kept if e not in middle or e["idx"] in keep_ids]
         elif method == "streamingllm" and len(kept) + 1 > c:
             first_recent = next(i for i, e in enumerate(kept) if e["idx"] >= a)
@@ -258,3 +263,25 @@ def test_default_chunk_is_capped_by_the_window():
     assert StreamConfig().chunk == min(DEFAULT_CHUNK, StreamConfig().window)
     assert StreamConfig(window=100, capacity=200).chunk == 100
     assert StreamConfig(chunk=7).chunk == 7
+
+
+def test_compression_keeps_every_separator_while_fewer_than_sep():
+    from sepcli.stream.policy import SepLLMPolicy
+    from sepcli.stream.ring import RingKV
+
+    cfg = StreamConfig(init=2, sep=8, window=4, capacity=20, chunk=1)
+    ring = RingKV(1, 1, 2, 20, device="cpu", dtype=torch.float32)
+    text = torch.arange(20)
+    is_sep = torch.zeros(20, dtype=torch.bool)
+    is_sep[[3, 5, 7, 9, 12, 17]] = True  # 17 is inside the local window (16..19)
+    ring.claim(text, is_sep)
+    SepLLMPolicy(cfg, 20).compress(ring)
+    kept = sorted(ring.text_idx[ring.kept_slots()].tolist())
+    assert kept == [0, 1, 3, 5, 7, 9, 12, 16, 17, 18, 19]  # all 5 separators: 5 < sep = 8
+    # more separators than `sep`: only the newest `sep` stay
+    cfg = StreamConfig(init=2, sep=2, window=4, capacity=20, chunk=1)
+    ring = RingKV(1, 1, 2, 20, device="cpu", dtype=torch.float32)
+    ring.claim(text, is_sep)
+    SepLLMPolicy(cfg, 20).compress(ring)
+    assert sorted(ring.text_idx[ring.kept_slots()].tolist()) == [0, 1, 9, 12, 16, 17, 18, 19]
+    # the naive reference of the tests above had the same slicing slip; this case pins it

@@ -54,7 +54,7 @@ class SepLLMPolicy(Policy):
         middle[max(0, kept.numel() - cfg.window) :] = False  # local window stays
         mid_slots = kept[middle]
         seps = mid_slots[ring.is_sep[mid_slots]]  # separator region + past window's separators
-        keep_seps = seps[seps.numel() - cfg.sep :] if cfg.sep > 0 else seps[:0]
+        keep_seps = seps[max(0, seps.numel() - cfg.sep) :]  # the newest `sep` (all if fewer)
         drop = torch.ones_like(mid_slots, dtype=torch.bool)
         drop[torch.isin(mid_slots, keep_seps)] = False
         ring.free(mid_slots[drop])

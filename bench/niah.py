@@ -248,8 +248,14 @@ def cmd_plot(args, lm=None) -> None:
     lengths, depths = data["lengths"], data["depths"]
     # One depth: one row per needle instead (a 1-row heatmap says little).
     ykey, ys = ("depth", depths) if len(depths) > 1 else ("needle", data["needles"])
-    fig, axes = plt.subplots(1, len(methods), figsize=(3.2 * len(methods), 2.6), squeeze=False)
-    for ax, m in zip(axes[0], methods, strict=True):
+    ncols = min(4, len(methods))
+    nrows = -(-len(methods) // ncols)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(3.2 * ncols, 2.6 * nrows), squeeze=False, layout="constrained"
+    )
+    for ax in axes.flat[len(methods) :]:
+        ax.axis("off")
+    for ax, m in zip(axes.flat, methods):
         grid = torch.zeros(len(ys), len(lengths))
         count = torch.zeros_like(grid)
         for row in rows:
@@ -267,7 +273,6 @@ def cmd_plot(args, lm=None) -> None:
         ax.set_xlabel("context tokens", fontsize=8)
         ax.set_title(f"{m}: {sum(r[m]['correct'] for r in rows) / len(rows):.2f}", fontsize=9)
     axes[0][0].set_ylabel(f"needle ({ykey})" if ykey == "needle" else "needle depth", fontsize=8)
-    fig.tight_layout()
     DOCS.mkdir(exist_ok=True)
     fig.savefig(DOCS / "gemfilter-niah.png", dpi=110)
     print(f"wrote {DOCS / 'gemfilter-niah.png'}", file=sys.stderr)

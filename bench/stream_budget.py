@@ -20,11 +20,11 @@ from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
 
 SPLITS = [
-    dict(init=4, sep=64, window=224, capacity=324, chunk=32),  # the default
-    dict(init=4, sep=32, window=256, capacity=324, chunk=32),
-    dict(init=4, sep=16, window=288, capacity=324, chunk=16),
-    dict(init=4, sep=128, window=160, capacity=324, chunk=32),
-    dict(method="streamingllm", init=4, capacity=324, chunk=1),
+    dict(init=4, sep=64, window=224, capacity=324),  # the default
+    dict(init=4, sep=32, window=256, capacity=324),
+    dict(init=4, sep=16, window=288, capacity=324),
+    dict(init=4, sep=128, window=160, capacity=324),
+    dict(method="streamingllm", init=4, capacity=324),  # exact at any chunk
 ]
 
 

@@ -255,7 +255,7 @@ def cmd_plot(args, lm=None) -> None:
     )
     for ax in axes.flat[len(methods) :]:
         ax.axis("off")
-    for ax, m in zip(axes.flat, methods):
+    for ax, m in zip(axes.flat, methods, strict=False):  # extra axes were switched off
         grid = torch.zeros(len(ys), len(lengths))
         count = torch.zeros_like(grid)
         for row in rows:

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from sepcli.errors import ConfigError
 
 METHODS = ("sepllm", "streamingllm", "window", "full")
+# Methods that evict one token per token once full (sinks + a sliding window of recent tokens).
+SLIDING = ("streamingllm", "window")
 # Tokens per forward when not given (capped by the window). Larger chunks run bigger matmuls;
 # bench/stream.py throughput measured 64/128/224 side by side, and 224 was the fastest.
 DEFAULT_CHUNK = 224

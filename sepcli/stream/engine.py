@@ -30,12 +30,10 @@ from kernels import ring_attention, use_triton
 from kernels.ring_attention.reference import plan_ring
 from sepcli import arch
 from sepcli.errors import ConfigError
-from sepcli.stream.config import StreamConfig
+from sepcli.stream.config import SLIDING, StreamConfig
 from sepcli.stream.policy import make_policy
 from sepcli.stream.ring import RingKV
 from sepcli.stream.sliding import plan_sliding, sliding_attention
-
-SLIDING = ("streamingllm", "window")  # methods whose chunks run through sepcli.stream.sliding
 
 
 @dataclass(frozen=True)

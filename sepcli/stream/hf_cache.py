@@ -33,7 +33,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 from kernels.ring_attention.reference import rope_cos_sin, rotate
 from sepcli import arch
 from sepcli.errors import InputError
-from sepcli.stream.config import StreamConfig
+from sepcli.stream.config import SLIDING, StreamConfig
 from sepcli.stream.policy import make_policy
 from sepcli.stream.ring import RingKV
 
@@ -107,7 +107,7 @@ class SepLLMCache(Cache):
         done = 0
         while done < ids.numel():
             want = ids.numel() - done
-            if self.config.method in ("streamingllm", "window"):
+            if self.config.method in SLIDING:
                 # exact: evicting for several tokens at once would hide old tokens from the
                 # piece's first queries, so once the cache is full, one token per piece
                 want = min(want, max(self.ring.capacity - self.ring.used, 1))

@@ -3,6 +3,7 @@
     python bench/stream.py throughput [--tokens 4000] [--chunk 32,64,128,224] [--segment 896]
     python bench/stream.py quality    [--tokens 8000] [--plot docs/stream_ppl.png]
     python bench/stream.py chunking   [--tokens 2000]
+    python bench/stream.py frontier   [--tokens 20000] [--capacities 160,...] [--plot PNG]
     python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
 
 All runs use the embedded SmolLM2-135M-Instruct (bf16 on a CPU with AMX, as `sepcli stream`
@@ -172,6 +173,51 @@ def quality(args, lm, seps) -> dict:
     return out
 
 
+def frontier(args, lm, seps) -> dict:
+    """Perplexity against *average* cache size: the paper's SepLLM configurations, and
+    StreamingLLM at a sweep of capacities that brackets their averages, on the same tokens.
+    SepLLM's cache oscillates between a+s+w and c, so at the same c it attends to fewer
+    entries; this compares the methods at equal average budget instead."""
+    ids = essay_ids(lm.tokenizer, args.tokens, args.text)
+    caps = args.capacities or [160, 240, 290, 306, 324, 400, 480, 540, 555, 640, 800]
+    runs = [
+        (label, method, sizes) for c, label, method, sizes in QUALITY_CONFIGS if method == "sepllm"
+    ]
+    runs += [("streamingllm", "streamingllm", dict(init=4, capacity=c)) for c in caps]
+    rows = []
+    for label, method, sizes in runs:
+        cfg = StreamConfig(method=method, chunk=min(args.chunk, sizes.get("window", 224)), **sizes)
+        nll, dt, stats = engine_run(lm, seps, ids, cfg)
+        row = {
+            "label": f"{label} c={sizes['capacity']}",
+            "method": method,
+            **sizes,
+            "ppl": math.exp(nll.mean()),
+            "avg_cache": sum(s.cache_mean * s.tokens for s in stats) / sum(s.tokens for s in stats),
+        }
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(7, 4))
+        sl = [r for r in rows if r["method"] == "streamingllm"]
+        ax.plot([r["avg_cache"] for r in sl], [r["ppl"] for r in sl], "o-", label="streamingllm")
+        for r in rows:
+            if r["method"] == "sepllm":
+                ax.plot(r["avg_cache"], r["ppl"], "s", label=r["label"])
+        ax.set_xlabel("average KV entries attended per token")
+        ax.set_ylabel("perplexity")
+        ax.set_title(f"SmolLM2-135M, {Path(args.text).stem}, {len(ids) - 1} tokens")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(args.plot, dpi=120)
+    return {"text": args.text, "tokens": len(ids) - 1, "rows": rows}
+
+
 def chunking(args, lm, seps) -> dict:
     """Perplexity of chunk 1 vs the default chunk for each method (c=324)."""
     ids = essay_ids(lm.tokenizer, args.tokens)
@@ -220,7 +266,7 @@ def main() -> None:
         "what",
         nargs="?",
         default="throughput",
-        choices=["throughput", "quality", "chunking", "memory"],
+        choices=["throughput", "quality", "chunking", "memory", "frontier"],
     )
     parser.add_argument("--tokens", type=int, default=None)
     parser.add_argument(
@@ -230,10 +276,14 @@ def main() -> None:
     )
     parser.add_argument("--plot", default=None)
     parser.add_argument(
-        "--capacities", default="", help="quality: only these capacities (e.g. 324)"
+        "--capacities",
+        default="",
+        help="quality: only these capacities (e.g. 324); frontier: StreamingLLM's capacities",
     )
     parser.add_argument(
-        "--text", default="essays", help="quality: 'essays' or a UTF-8 text file (make bench-data)"
+        "--text",
+        default="essays",
+        help="quality, frontier: 'essays' or a UTF-8 text file (make bench-data)",
     )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
@@ -250,16 +300,26 @@ def main() -> None:
     args = parser.parse_args()
     args.tokens = (
         args.tokens
-        or {"throughput": 4000, "quality": 8000, "chunking": 2000, "memory": 500_000}[args.what]
+        or {
+            "throughput": 4000,
+            "quality": 8000,
+            "chunking": 2000,
+            "memory": 500_000,
+            "frontier": 20_000,
+        }[args.what]
     )
     if args.what != "throughput":
         args.chunk = int(args.chunk)
     args.capacities = [int(c) for c in args.capacities.split(",") if c]
     lm = load_model("smollm2", dtype=args.dtype)
     seps = separator_mask(lm.tokenizer)
-    fn = {"throughput": throughput, "quality": quality, "chunking": chunking, "memory": memory}[
-        args.what
-    ]
+    fn = {
+        "throughput": throughput,
+        "quality": quality,
+        "chunking": chunking,
+        "memory": memory,
+        "frontier": frontier,
+    }[args.what]
     result = {
         "bench": args.what,
         "dtype": str(lm.dtype),

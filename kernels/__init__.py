@@ -8,8 +8,8 @@ import os
 
 import torch
 
-from kernels.gemfilter_score.reference import gemfilter_scores_reference
-from kernels.ring_attention.reference import ring_attention_reference
+from kernels.gemscore.reference import gemfilter_scores_reference
+from kernels.ring.reference import ring_attention_reference
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -18,13 +18,13 @@ def use_triton(t: torch.Tensor) -> bool:
 
 
 def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale=1.0, plan=None):
-    """See :func:`kernels.ring_attention.reference.ring_attention_reference` for shapes.
+    """See :func:`kernels.ring.reference.ring_attention_reference` for shapes.
 
-    ``plan`` (:func:`kernels.ring_attention.reference.plan_ring`) only serves the torch path:
+    ``plan`` (:func:`kernels.ring.reference.plan_ring`) only serves the torch path:
     the Triton kernel computes RoPE on the fly and ignores it.
     """
     if use_triton(q):
-        from kernels.ring_attention.triton_impl import ring_attention_triton
+        from kernels.ring.triton_impl import ring_attention_triton
 
         return ring_attention_triton(
             q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale
@@ -35,9 +35,9 @@ def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_sca
 
 
 def gemfilter_scores(q_last, keys, scale):
-    """See :func:`kernels.gemfilter_score.reference.gemfilter_scores_reference` for shapes."""
+    """See :func:`kernels.gemscore.reference.gemfilter_scores_reference` for shapes."""
     if use_triton(q_last):
-        from kernels.gemfilter_score.triton_impl import gemfilter_scores_triton
+        from kernels.gemscore.triton_impl import gemfilter_scores_triton
 
         return gemfilter_scores_triton(q_last, keys, scale)
     return gemfilter_scores_reference(q_last, keys, scale)

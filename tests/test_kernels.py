@@ -21,8 +21,8 @@ import pytest
 import torch
 
 import kernels
-from kernels.gemfilter_score.reference import gemfilter_scores_reference
-from kernels.ring_attention.reference import ring_attention_reference
+from kernels.gemscore.reference import gemfilter_scores_reference
+from kernels.ring.reference import ring_attention_reference
 
 if importlib.util.find_spec("triton") is None:  # not importorskip: that would import triton
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -34,13 +34,24 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 
+def test_subpackages_stay_importable_next_to_the_dispatchers():
+    """`import kernels.ring.reference as x` walks attributes: a dispatcher function named like
+    its subpackage (as `kernels.ring_attention` once was) would shadow it and break this."""
+    import kernels.gemscore.reference as score_ref
+    import kernels.ring.reference as ring_ref
+
+    assert ring_ref.ring_attention_reference is ring_attention_reference
+    assert score_ref.gemfilter_scores_reference is gemfilter_scores_reference
+    assert callable(kernels.ring_attention) and callable(kernels.gemfilter_scores)
+
+
 def _import_kernels():
     """The two Triton modules, built for the interpreter when there is no GPU.
 
     Triton decorates its own library functions (tl.zeros, tl.sum, ...) when it is first
     imported, so the variable must be set before that import, not only before ours. It is
     restored afterwards so that modules collected later never see it."""
-    names = ("kernels.ring_attention.triton_impl", "kernels.gemfilter_score.triton_impl")
+    names = ("kernels.ring.triton_impl", "kernels.gemscore.triton_impl")
     if CUDA:
         return [importlib.import_module(n) for n in names]
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import ring_attention, use_triton
-from kernels.ring_attention.reference import plan_ring
+from kernels.ring.reference import plan_ring
 from sepcli import arch
 from sepcli.errors import ConfigError
 from sepcli.stream.config import SLIDING, StreamConfig

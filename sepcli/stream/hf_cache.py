@@ -30,7 +30,7 @@ from collections.abc import Iterator
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from kernels.ring_attention.reference import rope_cos_sin, rotate
+from kernels.ring.reference import rope_cos_sin, rotate
 from sepcli import arch
 from sepcli.errors import InputError
 from sepcli.stream.config import SLIDING, StreamConfig

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.ring_attention.reference import rope_cos_sin, rotate
+from kernels.ring.reference import rope_cos_sin, rotate
 
 
 @dataclass(frozen=True)

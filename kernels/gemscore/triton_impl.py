@@ -1,6 +1,6 @@
 """GemFilter scoring in Triton: the last query's per-head softmax over N keys, summed over heads.
 
-Same contract as :func:`kernels.gemfilter_score.reference.gemfilter_scores_reference`; the torch
+Same contract as :func:`kernels.gemscore.reference.gemfilter_scores_reference`; the torch
 reference is the spec and the CPU path. The work is memory-bound on the keys, so K is read once:
 
 1. ``_score_blocks``: one program per (key block, batch x kv head) computes the logits of the
@@ -17,14 +17,13 @@ Top-k stays in torch (``scores.topk``) on the returned [B, N] scores.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import triton
 import triton.language as tl
 
+from kernels import checks
+
 _LOG2E = 1.4426950408889634
-_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _MAX_HEAD_DIM = 256
 
 
@@ -147,9 +146,7 @@ def kernel_meta(dtype: torch.dtype, d: int, g: int, interpret: bool) -> dict:
 
 
 def _check_inputs(q_last, keys, scale) -> None:
-    for name, t in (("q_last", q_last), ("keys", keys)):
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    checks.require_tensors({"q_last": q_last, "keys": keys})
     if q_last.dim() != 3:
         raise ValueError(f"q_last must be [B, Hq, D], got shape {tuple(q_last.shape)}")
     if keys.dim() != 4:
@@ -161,26 +158,9 @@ def _check_inputs(q_last, keys, scale) -> None:
             f"keys shape {tuple(keys.shape)} does not match q_last shape "
             f"{tuple(q_last.shape)} in batch or head dim"
         )
-    if hkv == 0 or hq % hkv != 0:
-        raise ValueError(f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
-    if not 1 <= d <= _MAX_HEAD_DIM:
-        raise ValueError(f"head dim {d} is outside 1..{_MAX_HEAD_DIM}")
-    for name, t in (("q_last", q_last), ("keys", keys)):
-        if t.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"{name} dtype {t.dtype} is not one of bf16/fp16/fp32")
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in the head dim (strides {t.stride()})")
-    if keys.dtype != q_last.dtype:
-        raise ValueError(f"keys dtype {keys.dtype} != q_last dtype {q_last.dtype}")
-    if keys.device != q_last.device:
-        raise ValueError(f"keys are on {keys.device}, q_last is on {q_last.device}")
-    if not q_last.is_cuda and not _interpreted():
-        raise ValueError(
-            f"tensors are on {q_last.device}: the Triton kernel needs CUDA "
-            "(or TRITON_INTERPRET=1 set before the kernel module is imported)"
-        )
-    if not math.isfinite(float(scale)) or float(scale) <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    checks.require_heads(hq, hkv, d, _MAX_HEAD_DIM)
+    checks.require_operands("q_last", {"q_last": q_last, "keys": keys}, {}, _interpreted())
+    checks.require_scale(scale)
 
 
 def gemfilter_scores_triton(q_last: torch.Tensor, keys: torch.Tensor, scale: float) -> torch.Tensor:

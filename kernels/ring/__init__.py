@@ -1,4 +1,4 @@
-from kernels.ring_attention.reference import (
+from kernels.ring.reference import (
     RingPlan,
     plan_ring,
     ring_attention_reference,

@@ -1,6 +1,6 @@
 """Ring-buffer attention in Triton: RoPE applied to pre-RoPE keys on the fly, GQA, online softmax.
 
-Same contract as :func:`kernels.ring_attention.reference.ring_attention_reference`; the torch
+Same contract as :func:`kernels.ring.reference.ring_attention_reference`; the torch
 reference is the spec and the CPU path, this is the CUDA path (and runs on CPU tensors under
 ``TRITON_INTERPRET=1``, which is how the tests exercise it without a GPU).
 
@@ -26,14 +26,14 @@ sum-exp, and a second kernel combines the splits.
 from __future__ import annotations
 
 import functools
-import math
 
 import torch
 import triton
 import triton.language as tl
 
+from kernels import checks
+
 _LOG2E = 1.4426950408889634
-_FLOAT_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 _MAX_HEAD_DIM = 256
 
 
@@ -275,17 +275,16 @@ def _pow2(n: int, floor: int = 16) -> int:
 
 
 def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
-    named = {
-        "q": q,
-        "k_ring": k_ring,
-        "v_ring": v_ring,
-        "slot_pos": slot_pos,
-        "q_pos": q_pos,
-        "inv_freq": inv_freq,
-    }
-    for name, t in named.items():
-        if not isinstance(t, torch.Tensor):
-            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    checks.require_tensors(
+        {
+            "q": q,
+            "k_ring": k_ring,
+            "v_ring": v_ring,
+            "slot_pos": slot_pos,
+            "q_pos": q_pos,
+            "inv_freq": inv_freq,
+        }
+    )
     if q.dim() != 4:
         raise ValueError(f"q must be [B, Hq, C, D], got shape {tuple(q.shape)}")
     if k_ring.dim() != 4:
@@ -301,10 +300,7 @@ def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
             f"k_ring shape {tuple(k_ring.shape)} does not match q shape {tuple(q.shape)} "
             "in batch or head dim"
         )
-    if hkv == 0 or hq % hkv != 0:
-        raise ValueError(f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
-    if not 1 <= d <= _MAX_HEAD_DIM:
-        raise ValueError(f"head dim {d} is outside 1..{_MAX_HEAD_DIM}")
+    checks.require_heads(hq, hkv, d, _MAX_HEAD_DIM)
     if slot_pos.shape != (s,):
         raise ValueError(f"slot_pos must be [S] = [{s}], got shape {tuple(slot_pos.shape)}")
     if q_pos.shape != (c,):
@@ -319,23 +315,13 @@ def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
         )
     if not 1 <= 2 * inv_freq.numel() <= d:
         raise ValueError(f"rotary dims 2 * {inv_freq.numel()} must be in 2..{d} (head dim)")
-    for name, t in (("q", q), ("k_ring", k_ring), ("v_ring", v_ring)):
-        if t.dtype not in _FLOAT_DTYPES:
-            raise ValueError(f"{name} dtype {t.dtype} is not one of bf16/fp16/fp32")
-        if t.dtype != q.dtype:
-            raise ValueError(f"{name} dtype {t.dtype} != q dtype {q.dtype}")
-        if t.stride(-1) != 1:
-            raise ValueError(f"{name} must be contiguous in the head dim (strides {t.stride()})")
-    for name, t in named.items():
-        if t.device != q.device:
-            raise ValueError(f"{name} is on {t.device}, q is on {q.device}")
-    if not q.is_cuda and not _interpreted():
-        raise ValueError(
-            f"tensors are on {q.device}: the Triton kernel needs CUDA "
-            "(or TRITON_INTERPRET=1 set before the kernel module is imported)"
-        )
-    if not math.isfinite(float(scale)) or float(scale) <= 0:
-        raise ValueError(f"scale must be a positive finite number, got {scale}")
+    checks.require_operands(
+        "q",
+        {"q": q, "k_ring": k_ring, "v_ring": v_ring},
+        {"slot_pos": slot_pos, "q_pos": q_pos, "inv_freq": inv_freq},
+        _interpreted(),
+    )
+    checks.require_scale(scale)
 
 
 def kernel_meta(dtype: torch.dtype, d: int, half: int, rows: int, interpret: bool) -> dict:

@@ -1,3 +1,0 @@
-from kernels.gemfilter_score.reference import gemfilter_scores_reference, gemfilter_topk_reference
-
-__all__ = ["gemfilter_scores_reference", "gemfilter_topk_reference"]

@@ -1,7 +1,7 @@
 """Benchmarks of the streaming engine (numbers in docs/stream.md come from here).
 
     python bench/stream.py throughput [--tokens 4000] [--chunk 32,64,128,224] [--segment 896]
-    python bench/stream.py quality    [--tokens 8000] [--plot docs/stream_ppl.png]
+    python bench/stream.py quality    [--tokens 8000] [--plot docs/stream_ppl.png] [--bos-per-line]
     python bench/stream.py chunking   [--tokens 2000]
     python bench/stream.py frontier   [--tokens 20000] [--capacities 160,...] [--plot PNG]
     python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
@@ -37,10 +37,22 @@ if "OMP_NUM_THREADS" in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def essay_ids(tok, n: int, source: str = "essays") -> list[int]:
-    """BOS + the first n tokens of the essays, or of the text file ``source`` (repeated if needed)."""
+def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -> list[int]:
+    """BOS + the first n tokens of the essays, or of the text file ``source`` (repeated if needed).
+
+    bos_per_line: the reference evaluation's protocol (reference/SEPLLM.md): every non-empty
+    line tokenized on its own with a BOS in front, newlines dropped."""
     text = essays_text() if source == "essays" else Path(source).read_text(encoding="utf-8")
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if bos_per_line:
+        lines = [line for line in text.splitlines() if line.strip()]
+        ids = []
+        for part in tok(lines, add_special_tokens=False)["input_ids"]:
+            ids += [tok.bos_token_id] + part
+            if len(ids) > n:
+                break
+        ids = ids[1:]
+    else:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
     while len(ids) < n:
         ids = ids + ids
     return [tok.bos_token_id] + ids[:n]
@@ -132,13 +144,20 @@ QUALITY_CONFIGS = [  # (capacity, label, method, sizes): the paper's configurati
 
 
 def quality(args, lm, seps) -> dict:
-    ids = essay_ids(lm.tokenizer, args.tokens, args.text)
+    ids = essay_ids(lm.tokenizer, args.tokens, args.text, args.bos_per_line)
+    scored = torch.ones(len(ids) - 1, dtype=torch.bool)
+    if args.bos_per_line:  # as the reference: BOS is kept as a separator and never a target
+        bos = lm.tokenizer.bos_token_id
+        seps = seps.clone()
+        seps[bos] = True
+        scored = torch.tensor(ids[1:]) != bos
     out, curves = {}, {}
     for c, label, method, sizes in QUALITY_CONFIGS:
         if args.capacities and c not in args.capacities:
             continue
         cfg = StreamConfig(method=method, chunk=min(args.chunk, sizes.get("window", 224)), **sizes)
         nll, dt, stats = engine_run(lm, seps, ids, cfg)
+        nll = nll[scored]
         key = f"{label}@{c}"
         out[key] = {
             "ppl": math.exp(nll.mean()),
@@ -284,6 +303,11 @@ def main() -> None:
         "--text",
         default="essays",
         help="quality, frontier: 'essays' or a UTF-8 text file (make bench-data)",
+    )
+    parser.add_argument(
+        "--bos-per-line",
+        action="store_true",
+        help="quality: the reference's protocol (each line with its own BOS, kept as a separator)",
     )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")

@@ -121,6 +121,20 @@ def test_mismatched_or_corrupt_checkpoint_is_refused(tiny_dir, text, tmp_path):
     assert corrupt.exit_code == 2 and "not a readable sepcli checkpoint" in corrupt.output
 
 
+def test_checkpoint_never_overwrites_a_file_that_is_not_a_checkpoint(tiny_dir, text, tmp_path):
+    doc = tmp_path / "book.txt"
+    doc.write_text(text)
+    result = run([str(doc), *base(tiny_dir, "--max-tokens", "40", "--checkpoint", str(doc))])
+    assert result.exit_code == 2 and "not a sepcli checkpoint" in result.output
+    assert doc.read_text() == text  # the input is intact
+    ck = tmp_path / "run.ckpt"  # an existing checkpoint, on the other hand, is updated
+    for n in ("40", "60"):
+        args = [str(doc), *base(tiny_dir, "--max-tokens", n, "--checkpoint", str(ck))]
+        assert run(args).exit_code == 0
+    resumed = run([str(doc), *base(tiny_dir, "--max-tokens", "80", "--resume", str(ck))])
+    assert resumed.exit_code == 0 and lines(resumed)[-1]["resumed_at"] == 61
+
+
 @pytest.mark.parametrize(
     "args, stdin, match",
     [

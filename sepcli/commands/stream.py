@@ -197,8 +197,8 @@ def stream(
         raise ConfigError("--every N needs N >= 1 and --checkpoint PATH")
     if interval < 0:
         raise ConfigError(f"--interval must be >= 0, got {interval}")
-    if checkpoint_path is not None and checkpoint_path.is_dir():
-        raise ConfigError(f"--checkpoint {checkpoint_path} is a directory")
+    if checkpoint_path is not None:
+        checkpoint.check_target(checkpoint_path)
     if file == "-" and sys.stdin.isatty():
         raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
     with open_input(file) as source:

@@ -37,6 +37,29 @@ def model_fingerprint(model, name: str) -> dict:
     }
 
 
+def _read(path: Path):
+    """The payload of a checkpoint file, or None when it is not one."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - any failure to parse means "not a checkpoint"
+        return None
+    return payload if isinstance(payload, dict) and payload.get("format") == FORMAT else None
+
+
+def check_target(path: str | Path) -> None:
+    """Refuse a ``--checkpoint`` path that would destroy something else: a folder, or an
+    existing file that is not a sepcli checkpoint (the input text itself, say). An existing
+    checkpoint may be overwritten: that is how a run resumed from it keeps saving."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"--checkpoint {path} is a directory")
+    if path.exists() and _read(path) is None:
+        raise CheckpointError(
+            f"--checkpoint {path} exists and is not a sepcli checkpoint; "
+            "refusing to overwrite it (choose another path)"
+        )
+
+
 def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over ``path``."""
     path = Path(path).expanduser()
@@ -68,14 +91,9 @@ def load(path: str | Path, meta: dict) -> dict:
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any failure to parse means corrupt
-        raise CheckpointError(
-            f"{path} is not a readable sepcli checkpoint ({type(exc).__name__})"
-        ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a sepcli stream checkpoint")
+    payload = _read(path)
+    if payload is None:
+        raise CheckpointError(f"{path} is not a readable sepcli checkpoint")
     diffs = _differences(payload.get("meta", {}), meta)
     if diffs:
         raise CheckpointError(f"checkpoint {path} was written for another run: {'; '.join(diffs)}")

@@ -179,9 +179,16 @@ def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle)
 def test_empty_stdin_and_binary_file_are_errors(tiny_dir, tmp_path):
     assert_one_line_error(invoke("ask", "-", "q", "-m", tiny_dir, stdin=""), "empty")
     (tmp_path / "bin.dat").write_bytes(b"\xff\xfe\x00\x81")
-    assert_one_line_error(
-        invoke("ask", str(tmp_path / "bin.dat"), "q", "-m", tiny_dir), "not UTF-8"
-    )
+    assert_one_line_error(invoke("ask", str(tmp_path / "bin.dat"), "q", "-m", tiny_dir), "binary")
+
+
+def test_stray_invalid_bytes_are_replaced_with_a_warning(tiny_dir, tmp_path):
+    raw = b"The key is blue. " * 5 + b"\xff\xfe" + b" The door is red."
+    (tmp_path / "doc.txt").write_bytes(raw)
+    r = invoke("gemfilter", str(tmp_path / "doc.txt"), "q", "-m", tiny_dir, "--topk", "1000")
+    assert r.exit_code == 0, r.output
+    assert "2 undecodable" in r.stderr and "The door is red." in r.stdout
+    assert "\ufffd" in r.stdout  # replaced, not dropped
 
 
 def test_calibrate_stores_choice_that_auto_uses(tiny_dir, doc_file, tmp_path):

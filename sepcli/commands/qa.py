@@ -77,8 +77,14 @@ ProtectOpt = Annotated[
 ]
 
 
-def read_document(doc: str) -> str:
-    """Text of a file or of stdin ('-'); InputError when missing, unreadable, not UTF-8 or empty."""
+BINARY_SNIFF = 8192  # bytes checked for NUL, as `sepcli stream` does
+
+
+def read_document(doc: str) -> tuple[str, int]:
+    """Text of a file or of stdin ('-') and how many invalid UTF-8 bytes were replaced.
+
+    InputError when missing, unreadable, binary (a NUL byte in the first 8 KiB) or empty.
+    Other invalid bytes become U+FFFD, as in `sepcli stream`; the caller warns."""
     if doc == "-":
         data = (
             sys.stdin.buffer.read() if hasattr(sys.stdin, "buffer") else sys.stdin.read().encode()
@@ -95,13 +101,13 @@ def read_document(doc: str) -> str:
         except OSError as exc:
             raise InputError(f"cannot read {doc}: {exc.strerror}") from exc
         where = doc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{where} is not UTF-8 text (byte {exc.start})") from exc
+    if b"\x00" in data[:BINARY_SNIFF]:
+        raise InputError(f"{where} looks binary (NUL bytes): sepcli reads UTF-8 text")
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
     if not text.strip():
         raise InputError(f"the document ({where}) is empty")
-    return text
+    return text, replaced
 
 
 def parse_layer(layer: str) -> int | None:
@@ -143,7 +149,12 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     Returns (lm, prompt, cfg with the layer resolved)."""
     if not question.strip():
         raise InputError("the question is empty")
-    document = read_document(doc)
+    document, replaced = read_document(doc)
+    if replaced:
+        err_console.print(
+            f"[yellow]warning:[/] {replaced} undecodable byte sequence(s) in the document "
+            "replaced with U+FFFD"
+        )
     with err_console.status(f"loading {model} ..."):
         lm = load_model(model, device=device, dtype=dtype)
     if cfg.method == "gemfilter":

@@ -87,7 +87,7 @@ def cmd_calibrate(args, lm) -> None:
             curve = ev
     path = cal.save(lm.name, lm.source, curve)
     _write(
-        "niah-calibration.json",
+        args.out or "niah-calibration.json",
         {
             "command": "python bench/niah.py calibrate " + " ".join(sys.argv[2:]),
             "env": _env(lm),
@@ -310,7 +310,7 @@ def main() -> None:
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
-    p.add_argument("--out", default=None, help="grid results file name under bench/results/")
+    p.add_argument("--out", default=None, help="grid/calibrate results file name under bench/results/")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

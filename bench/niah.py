@@ -310,7 +310,9 @@ def main() -> None:
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
-    p.add_argument("--out", default=None, help="grid/calibrate results file name under bench/results/")
+    p.add_argument(
+        "--out", default=None, help="grid/calibrate results file name under bench/results/"
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

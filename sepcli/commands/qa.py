@@ -29,6 +29,7 @@ from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SMOOTH, DEFAULT_TOPK, QAConfig
 from sepcli.gemfilter.pipeline import Piece, Result, Selected, prepare, run_qa, select_tokens
 from sepcli.models import load_model
+from sepcli.stream.reader import refuse_binary
 
 DocArg = Annotated[
     str,
@@ -77,9 +78,6 @@ ProtectOpt = Annotated[
 ]
 
 
-BINARY_SNIFF = 8192  # bytes checked for NUL, as `sepcli stream` does
-
-
 def read_document(doc: str) -> tuple[str, int]:
     """Text of a file or of stdin ('-') and how many invalid UTF-8 bytes were replaced.
 
@@ -101,10 +99,9 @@ def read_document(doc: str) -> tuple[str, int]:
         except OSError as exc:
             raise InputError(f"cannot read {doc}: {exc.strerror}") from exc
         where = doc
-    if b"\x00" in data[:BINARY_SNIFF]:
-        raise InputError(f"{where} looks binary (NUL bytes): sepcli reads UTF-8 text")
+    refuse_binary(data, where)
     text = data.decode("utf-8", errors="replace")
-    replaced = text.count("\ufffd") - data.decode("utf-8", errors="ignore").count("\ufffd")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())  # not U+FFFD already there
     if not text.strip():
         raise InputError(f"the document ({where}) is empty")
     return text, replaced

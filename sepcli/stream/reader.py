@@ -30,6 +30,12 @@ MAX_PENDING_CHARS = 1 << 20
 BINARY_SNIFF_BYTES = 8192
 
 
+def refuse_binary(head: bytes, where: str) -> None:
+    """InputError when the first ``BINARY_SNIFF_BYTES`` of an input hold a NUL byte."""
+    if b"\x00" in head[:BINARY_SNIFF_BYTES]:
+        raise InputError(f"{where} looks binary (NUL bytes): sepcli reads UTF-8 text")
+
+
 @dataclass
 class ReadStats:
     """Counters the CLI reports: bytes read, U+FFFD characters produced, tokens produced."""
@@ -77,8 +83,8 @@ def text_blocks(
     pending, first, non_space = "", True, False
     while True:
         raw = stream.read(block_bytes)
-        if first and b"\x00" in raw[:BINARY_SNIFF_BYTES]:
-            raise InputError("the input looks binary (NUL bytes): sepcli stream reads UTF-8 text")
+        if first:
+            refuse_binary(raw, "the input")
         first = False
         stats.bytes_read += len(raw)
         text = decoder.decode(raw, final=not raw)

@@ -67,6 +67,15 @@ def engine_run(lm, seps, ids, cfg) -> tuple[torch.Tensor, float, list]:
     return torch.cat([s.nll for s in stats]), dt, stats
 
 
+def config_run(lm, seps, ids, method: str, sizes: dict, chunk: int):
+    """One quality configuration (chunk capped at its window) -> per-token NLL [n-1], seconds,
+    and the average number of cache entries each token attended to."""
+    cfg = StreamConfig(method=method, chunk=min(chunk, sizes.get("window", 224)), **sizes)
+    nll, dt, stats = engine_run(lm, seps, ids, cfg)
+    avg_cache = sum(s.cache_mean * s.tokens for s in stats) / sum(s.tokens for s in stats)
+    return nll, dt, avg_cache
+
+
 @torch.inference_mode()
 def hf_chunks(lm, ids, chunk) -> float:
     """Plain HF forward over the same tokens in chunks, no cache, with ``labels`` so that it
@@ -89,9 +98,15 @@ def hf_token_loop(lm, ids, cache) -> float:
 
 
 def timed_feed(engine, ids) -> float:
+    """Seconds to feed ``ids`` (waiting for the GPU, when the engine runs on one)."""
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(engine.device)
     t0 = time.perf_counter()
     for _ in engine.run([ids]):
         pass
+    if cuda:
+        torch.cuda.synchronize(engine.device)
     return time.perf_counter() - t0
 
 
@@ -155,15 +170,10 @@ def quality(args, lm, seps) -> dict:
     for c, label, method, sizes in QUALITY_CONFIGS:
         if args.capacities and c not in args.capacities:
             continue
-        cfg = StreamConfig(method=method, chunk=min(args.chunk, sizes.get("window", 224)), **sizes)
-        nll, dt, stats = engine_run(lm, seps, ids, cfg)
+        nll, dt, avg_cache = config_run(lm, seps, ids, method, sizes, args.chunk)
         nll = nll[scored]
         key = f"{label}@{c}"
-        out[key] = {
-            "ppl": math.exp(nll.mean()),
-            "avg_cache": sum(s.cache_mean * s.tokens for s in stats) / sum(s.tokens for s in stats),
-            "tok_s": len(ids) / dt,
-        }
+        out[key] = {"ppl": math.exp(nll.mean()), "avg_cache": avg_cache, "tok_s": len(ids) / dt}
         if c == min(args.capacities or [324]) and label in (
             "sepllm s=64",
             "streamingllm",
@@ -205,14 +215,13 @@ def frontier(args, lm, seps) -> dict:
     runs += [("streamingllm", "streamingllm", dict(init=4, capacity=c)) for c in caps]
     rows = []
     for label, method, sizes in runs:
-        cfg = StreamConfig(method=method, chunk=min(args.chunk, sizes.get("window", 224)), **sizes)
-        nll, dt, stats = engine_run(lm, seps, ids, cfg)
+        nll, _, avg_cache = config_run(lm, seps, ids, method, sizes, args.chunk)
         row = {
             "label": f"{label} c={sizes['capacity']}",
             "method": method,
             **sizes,
             "ppl": math.exp(nll.mean()),
-            "avg_cache": sum(s.cache_mean * s.tokens for s in stats) / sum(s.tokens for s in stats),
+            "avg_cache": avg_cache,
         }
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench.stream import timed_feed  # noqa: E402
 from sepcli.stream.config import StreamConfig  # noqa: E402
 from sepcli.stream.engine import StreamEngine  # noqa: E402
 
@@ -69,20 +69,6 @@ def random_model(shape: str, device: torch.device, dtype: torch.dtype):
     finally:
         torch.set_default_dtype(previous)
     return model.eval().requires_grad_(False)
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def feed(engine: StreamEngine, ids: list[int], device: torch.device) -> float:
-    sync(device)
-    t0 = time.perf_counter()
-    for _ in engine.run([ids]):
-        pass
-    sync(device)
-    return time.perf_counter() - t0
 
 
 def main() -> int:
@@ -131,13 +117,13 @@ def main() -> int:
         for mode in modes:
             os.environ["SEPCLI_KERNELS"] = mode
             engines[mode] = StreamEngine(model, StreamConfig(**sizes), separators)
-            feed(engines[mode], ids[:warm], device)  # cache at its steady state, kernels built
+            timed_feed(engines[mode], ids[:warm])  # cache at its steady state, kernels built
         seg = max(chunk, args.segment // chunk * chunk)
         for start in range(warm, len(ids), seg):
             part = ids[start : start + seg]
             for mode in modes:
                 os.environ["SEPCLI_KERNELS"] = mode
-                seconds[mode] += feed(engines[mode], part, device)
+                seconds[mode] += timed_feed(engines[mode], part)
         os.environ.pop("SEPCLI_KERNELS", None)
         row = {"chunk": chunk, **{f"{m}_tok_s": args.tokens / seconds[m] for m in modes}}
         if len(modes) == 2:

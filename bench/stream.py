@@ -7,7 +7,7 @@
     python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
 
 All runs use the embedded SmolLM2-135M-Instruct (bf16 on a CPU with AMX, as `sepcli stream`
-does by default) and the bundled essays. Ratios are measured side by side in one process.
+does by default; `--model` takes anything `sepcli --model` does) and the bundled essays. Ratios are measured side by side in one process.
 Set OMP_NUM_THREADS to pin the thread count (we used 1 on a shared 2-core machine).
 """
 
@@ -31,6 +31,7 @@ from sepcli.separators import separator_mask  # noqa: E402
 from sepcli.stream.config import StreamConfig  # noqa: E402
 from sepcli.stream.engine import StreamEngine  # noqa: E402
 from sepcli.stream.metrics import peak_rss_mb, rss_mb  # noqa: E402
+from sepcli.stream.reader import start_token  # noqa: E402
 from sepcli.texts import essays_text  # noqa: E402
 
 if "OMP_NUM_THREADS" in os.environ:
@@ -38,12 +39,15 @@ if "OMP_NUM_THREADS" in os.environ:
 
 
 def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -> list[int]:
-    """BOS + the first n tokens of the essays, or of the text file ``source`` (repeated if needed).
+    """BOS (if the tokenizer has one, as `sepcli stream`) + the first n tokens of the essays, or
+    of the text file ``source`` (repeated if needed).
 
     bos_per_line: the reference evaluation's protocol (reference/SEPLLM.md): every non-empty
     line tokenized on its own with a BOS in front, newlines dropped."""
     text = essays_text() if source == "essays" else Path(source).read_text(encoding="utf-8")
     if bos_per_line:
+        if tok.bos_token_id is None:
+            raise SystemExit("--bos-per-line needs a tokenizer with a BOS token")
         lines = [line for line in text.splitlines() if line.strip()]
         ids = []
         for part in tok(lines, add_special_tokens=False)["input_ids"]:
@@ -55,7 +59,7 @@ def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -
         ids = tok(text, add_special_tokens=False)["input_ids"]
     while len(ids) < n:
         ids = ids + ids
-    return [tok.bos_token_id] + ids[:n]
+    return start_token(tok) + ids[:n]
 
 
 def engine_run(lm, seps, ids, cfg) -> tuple[torch.Tensor, float, list]:
@@ -195,7 +199,7 @@ def quality(args, lm, seps) -> dict:
         ax.set_xlabel("tokens")
         ax.set_ylabel("running perplexity")
         ax.set_ylim(bottom=0, top=float(max(c[200:].max() for c in curves.values())) * 1.1)
-        ax.set_title(f"SmolLM2-135M, {Path(args.text).stem}, capacity 324 (a=4 s=64 w=224)")
+        ax.set_title(f"{args.model_name}, {Path(args.text).stem}, capacity 324 (a=4 s=64 w=224)")
         ax.legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
@@ -239,7 +243,7 @@ def frontier(args, lm, seps) -> dict:
                 ax.plot(r["avg_cache"], r["ppl"], "s", label=r["label"])
         ax.set_xlabel("average KV entries attended per token")
         ax.set_ylabel("perplexity")
-        ax.set_title(f"SmolLM2-135M, {Path(args.text).stem}, {len(ids) - 1} tokens")
+        ax.set_title(f"{args.model_name}, {Path(args.text).stem}, {len(ids) - 1} tokens")
         ax.legend()
         fig.tight_layout()
         fig.savefig(args.plot, dpi=120)
@@ -320,6 +324,7 @@ def main() -> None:
     )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--model", default="smollm2", help="as `sepcli --model`")
     parser.add_argument("--methods", default="sepllm,streamingllm,window", help="chunking: methods")
     parser.add_argument(
         "--segment",
@@ -344,7 +349,8 @@ def main() -> None:
     if args.what != "throughput":
         args.chunk = int(args.chunk)
     args.capacities = [int(c) for c in args.capacities.split(",") if c]
-    lm = load_model("smollm2", dtype=args.dtype)
+    lm = load_model(args.model, dtype=args.dtype)
+    args.model_name = "SmolLM2-135M" if args.model == "smollm2" else lm.name
     seps = separator_mask(lm.tokenizer)
     fn = {
         "throughput": throughput,
@@ -355,6 +361,7 @@ def main() -> None:
     }[args.what]
     result = {
         "bench": args.what,
+        "model": lm.name,
         "dtype": str(lm.dtype),
         "threads": torch.get_num_threads(),
         **fn(args, lm, seps),

@@ -52,6 +52,57 @@ def build_tiny_llama(
     return model
 
 
+FAMILIES = ("llama", "qwen2", "qwen3", "mistral", "phi3")
+
+
+def build_tiny_family(
+    family: str, vocab_size: int, *, seed: int = 0, attn_implementation: str = "sdpa", **extra
+):
+    """A random-weight model of one supported family, with what sets it apart switched on:
+    Qwen2's q/k/v biases, Qwen3's per-head q/k norms, Phi-3's fused qkv and partial rotary."""
+    import transformers
+
+    if family == "llama":
+        return build_tiny_llama(
+            vocab_size,
+            layers=3,
+            hidden=96,
+            heads=6,
+            kv_heads=2,
+            seed=seed,
+            attn_implementation=attn_implementation,
+            **extra,
+        )
+    common = dict(
+        vocab_size=vocab_size,
+        hidden_size=96,
+        intermediate_size=160,
+        num_hidden_layers=3,
+        num_attention_heads=6,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        attn_implementation=attn_implementation,
+        **extra,
+    )
+    classes = {
+        "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
+        "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
+        "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
+        "phi3": ("Phi3Config", "Phi3ForCausalLM", {"partial_rotary_factor": 0.5}),
+    }
+    config_cls, model_cls, own = classes[family]
+    config = getattr(transformers, config_cls)(**common, **own)
+    torch.manual_seed(seed)
+    model = getattr(transformers, model_cls)(config).eval()
+    if family == "qwen2":  # random init zeroes biases; give them values so they matter
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                torch.nn.init.normal_(proj.bias, std=extra.get("initializer_range", 0.02))
+    model.requires_grad_(False)
+    return model
+
+
 @pytest.fixture
 def tiny_llama(tokenizer):
     """Factory: ``tiny_llama(layers=3, heads=6, kv_heads=2, seed=1)``."""

@@ -224,7 +224,7 @@ def cmd_speed(args, lm) -> None:
             runs.append({"rep": rep, **r.as_dict()})
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
     _write(
-        f"niah-speed-{args.methods.replace(',', '-')}-layer{layer}.json",
+        args.out or f"niah-speed-{args.methods.replace(',', '-')}-layer{layer}.json",
         {
             "command": "python bench/niah.py speed " + " ".join(sys.argv[2:]),
             "env": _env(lm),
@@ -311,7 +311,7 @@ def main() -> None:
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
     p.add_argument(
-        "--out", default=None, help="grid/calibrate results file name under bench/results/"
+        "--out", default=None, help="results file name under bench/results/ (grid, calibrate, speed)"
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)

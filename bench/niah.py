@@ -311,7 +311,9 @@ def main() -> None:
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
     p.add_argument(
-        "--out", default=None, help="results file name under bench/results/ (grid, calibrate, speed)"
+        "--out",
+        default=None,
+        help="results file name under bench/results/ (grid, calibrate, speed)",
     )
     args = p.parse_args()
     torch.set_num_threads(args.threads)

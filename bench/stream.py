@@ -217,6 +217,8 @@ def frontier(args, lm, seps) -> dict:
         (label, method, sizes) for c, label, method, sizes in QUALITY_CONFIGS if method == "sepllm"
     ]
     runs += [("streamingllm", "streamingllm", dict(init=4, capacity=c)) for c in caps]
+    methods = args.methods.split(",")
+    runs = [run for run in runs if run[1] in methods]
     rows = []
     for label, method, sizes in runs:
         nll, _, avg_cache = config_run(lm, seps, ids, method, sizes, args.chunk)
@@ -325,7 +327,11 @@ def main() -> None:
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--model", default="smollm2", help="as `sepcli --model`")
-    parser.add_argument("--methods", default="sepllm,streamingllm,window", help="chunking: methods")
+    parser.add_argument(
+        "--methods",
+        default="sepllm,streamingllm,window",
+        help="chunking, frontier: methods to run",
+    )
     parser.add_argument(
         "--segment",
         type=int,

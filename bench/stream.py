@@ -7,7 +7,8 @@
     python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
 
 All runs use the embedded SmolLM2-135M-Instruct (bf16 on a CPU with AMX, as `sepcli stream`
-does by default; `--model` takes anything `sepcli --model` does) and the bundled essays. Ratios are measured side by side in one process.
+does by default; `--model` takes anything `sepcli --model` does) and the bundled essays.
+Ratios are measured side by side in one process.
 Set OMP_NUM_THREADS to pin the thread count (we used 1 on a shared 2-core machine).
 """
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sepcli.models import load_model, load_tokenizer
+from sepcli.separators import separator_mask
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
@@ -62,17 +63,6 @@ def build_tiny_family(
     Qwen2's q/k/v biases, Qwen3's per-head q/k norms, Phi-3's fused qkv and partial rotary."""
     import transformers
 
-    if family == "llama":
-        return build_tiny_llama(
-            vocab_size,
-            layers=3,
-            hidden=96,
-            heads=6,
-            kv_heads=2,
-            seed=seed,
-            attn_implementation=attn_implementation,
-            **extra,
-        )
     common = dict(
         vocab_size=vocab_size,
         hidden_size=96,
@@ -86,6 +76,7 @@ def build_tiny_family(
         **extra,
     )
     classes = {
+        "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
         "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", {"head_dim": 16}),
         "mistral": ("MistralConfig", "MistralForCausalLM", {"sliding_window": None}),
@@ -101,6 +92,12 @@ def build_tiny_family(
                 torch.nn.init.normal_(proj.bias, std=extra.get("initializer_range", 0.02))
     model.requires_grad_(False)
     return model
+
+
+@pytest.fixture(scope="session")
+def seps(tokenizer):
+    """The separator mask of the real tokenizer."""
+    return separator_mask(tokenizer)
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ from conftest import FAMILIES, build_tiny_family
 from test_stream_engine import SHARP, hf_nll, run_engine
 
 from sepcli.gemfilter.filter import filter_scores
-from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.texts import essays_text
 
@@ -24,11 +23,10 @@ def ids(tokenizer):
 
 @torch.inference_mode()
 @pytest.mark.parametrize("family", FAMILIES)
-def test_stream_engine_equals_hf_on_every_family(family, tokenizer, ids):
+def test_stream_engine_equals_hf_on_every_family(family, tokenizer, seps, ids):
     model = build_tiny_family(family, len(tokenizer), seed=1, initializer_range=SHARP)
     assert model.config.model_type == family
     ref = hf_nll(model, ids)
-    seps = separator_mask(tokenizer)
     for chunk in (1, 48):
         cfg = StreamConfig(init=4, sep=8, window=64, capacity=512, chunk=chunk)
         _, nll, _ = run_engine(model, cfg, seps, ids)

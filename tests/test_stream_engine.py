@@ -11,7 +11,6 @@ import torch.nn.functional as F
 
 from sepcli import arch
 from sepcli.errors import ConfigError, ContextLimitError
-from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
@@ -22,11 +21,6 @@ def text_ids(tokenizer):
     """A few hundred real tokens (with plenty of separators), BOS first."""
     ids = tokenizer(essays_text(max_chars=3000), add_special_tokens=False)["input_ids"]
     return [tokenizer.bos_token_id] + ids[:400]
-
-
-@pytest.fixture(scope="module")
-def seps(tokenizer):
-    return separator_mask(tokenizer)
 
 
 def run_engine(model, config, seps, ids):

@@ -13,6 +13,7 @@ from sepcli.gemfilter.filter import filter_scores, layer_scores, select, smooth_
 from sepcli.gemfilter.needles import NEEDLES, make_case
 from sepcli.gemfilter.pipeline import answer_text
 from sepcli.gemfilter.prompt import build_prompt
+from sepcli.gemfilter.segments import plan, segment_bounds, split_scores
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4)])
@@ -194,3 +195,94 @@ def test_auto_layer_prefers_calibration_then_measured_then_fallback(
     curve = list(cal.measure(model, tokenizer, cases, topk=32))[-1]
     cal.save("shipped", "/x/s", curve)
     assert cal.auto_layer(model, "shipped", "/x/s") == (curve.best(), "calibrated")
+
+
+def test_segment_bounds_are_the_fewest_equal_pieces_within_budget():
+    for length in (1, 7, 100, 255, 256, 257, 1000, 4099):
+        for budget in (1, 3, 64, 256, 5000):
+            bounds = segment_bounds(length, budget)
+            assert bounds[0][0] == 0 and bounds[-1][1] == length
+            assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+            sizes = [e - s for s, e in bounds]
+            assert max(sizes) <= budget and min(sizes) >= 1
+            assert len(bounds) == -(-length // budget)  # no fewer pieces could fit
+            assert max(sizes) - min(sizes) <= 1
+    assert segment_bounds(0, 10) == []
+
+
+def _long_prompt(tokenizer, words: int):
+    doc = " ".join(f"w{i % 97}." if i % 11 == 0 else f"w{i % 89}" for i in range(words))
+    return build_prompt(tokenizer, doc, "Which word comes after w3?")
+
+
+def test_split_scores_equal_eager_attention_per_segment(tiny_llama, tokenizer):
+    """A prompt ~3x the context: every segment's scores are eager attention of the question rows
+    over [head + segment + tail], and the template/question scores are the mean over segments."""
+    model = tiny_llama(
+        layers=3,
+        hidden=64,
+        heads=4,
+        kv_heads=2,
+        seed=9,
+        max_positions=256,
+        attn_implementation="eager",
+    )
+    prompt = _long_prompt(tokenizer, 300)
+    assert prompt.n > 2 * 256
+    bounds = plan(prompt, 256)
+    assert len(bounds) >= 3
+    w = prompt.window(None)
+    head, tail = prompt.ids[: prompt.doc_start], prompt.ids[prompt.doc_end :]
+    for r in range(3):
+        ours = split_scores(model, prompt, r, w, bounds)
+        outside = []
+        for s, e in bounds:
+            ids = torch.cat([head, prompt.ids[prompt.doc_start + s : prompt.doc_start + e], tail])
+            assert ids.numel() <= 256
+            att = model(ids[None], output_attentions=True).attentions[r][0]  # [Hq, T, T]
+            naive = att[:, -w:, :].sum((0, 1))
+            h = head.numel()
+            torch.testing.assert_close(
+                ours[prompt.doc_start + s : prompt.doc_start + e],
+                naive[h : h + e - s],
+                rtol=1e-4,
+                atol=1e-5,
+            )
+            outside.append(torch.cat([naive[:h], naive[h + e - s :]]))
+        mean = torch.stack(outside).mean(0)
+        torch.testing.assert_close(
+            torch.cat([ours[: prompt.doc_start], ours[prompt.doc_end :]]),
+            mean,
+            rtol=1e-4,
+            atol=1e-5,
+        )
+
+
+def test_one_segment_is_the_plain_filter_pass(tiny_llama, tokenizer):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=9, max_positions=512)
+    prompt = _long_prompt(tokenizer, 60)
+    assert plan(prompt, 512) == [(0, prompt.doc_end - prompt.doc_start)]
+    w = prompt.window(None)
+    torch.testing.assert_close(
+        split_scores(model, prompt, 2, w, plan(prompt, 512)), filter_scores(model, prompt.ids, 2, w)
+    )
+
+
+def test_a_document_over_the_context_is_filtered_in_segments_and_answered(tiny_llama, tokenizer):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=9, max_positions=256)
+    prompt = _long_prompt(tokenizer, 300)
+    doc, q = prompt.document, "Which word comes after w3?"
+    cfg = QAConfig(layer=1, topk=64, max_new_tokens=3)
+    res = answer_text(model, tokenizer, doc, q, cfg)
+    assert res.segments == len(plan(prompt, 256)) >= 3 and res.prompt_tokens == prompt.n
+    assert res.selected_tokens == prompt.n - (prompt.doc_end - prompt.doc_start) + 64
+    assert res.new_tokens > 0
+    with pytest.raises(ContextLimitError, match="context is 256"):
+        answer_text(model, tokenizer, doc, q, QAConfig(layer=1, topk=64, split=False))
+    with pytest.raises(ContextLimitError, match="context is 256"):
+        answer_text(model, tokenizer, doc, q, QAConfig(method="full"))
+    fixed = prompt.n - (prompt.doc_end - prompt.doc_start)
+    with pytest.raises(ConfigError, match=f"--topk {256 - fixed} or less"):
+        answer_text(model, tokenizer, doc, q, QAConfig(layer=1, topk=256 - fixed + 1))
+    with pytest.raises(ContextLimitError, match="ask a shorter question"):
+        answer_text(model, tokenizer, doc, "why " * 300, QAConfig(layer=1, topk=8))

@@ -156,7 +156,10 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         (["ask", "{doc}", "q", "--layer", "middle"], "'auto' or a 0-based"),
         (["ask", "{doc}", "q", "--method", "fast"], "--method must be one of"),
         (["ask", "{empty}", "q"], "is empty"),
-        (["ask", "{long}", "q"], "context is 256"),
+        (["ask", "{long}", "q", "--no-split"], "context is 256"),
+        (["ask", "{long}", "q", "--method", "full"], "context is 256"),
+        (["ask", "{long}", "q"], "--topk 1024 is too large"),
+        (["gemfilter", "{long}", "why " * 300, "-k", "8"], "ask a shorter question"),
         (["gemfilter", "{doc}", "q", "--topk", "-5"], "--topk must be > 0"),
         (["gemfilter", "{doc}", ""], "question is empty"),
         (["calibrate", "--topk", "0"], "--topk must be > 0"),
@@ -213,3 +216,31 @@ def test_calibrate_stores_choice_that_auto_uses(tiny_dir, doc_file, tmp_path):
     assert "calibrated" in r.stderr
     r = invoke("calibrate", "-m", tiny_dir, "--lengths", "80", "--needles", "1")
     assert r.exit_code == 0 and "chosen" in r.stdout and "layer" in r.stdout
+
+
+def test_a_document_over_the_context_is_filtered_in_segments(tiny_dir, tmp_path):
+    path = tmp_path / "long.txt"
+    path.write_text(" ".join(f"Line {i} of the log is fine." for i in range(150)))
+    r = invoke("gemfilter", str(path), "Which line?", "-m", tiny_dir, "-k", "40", "--json")
+    assert r.exit_code == 0, r.output
+    out = json.loads(r.stdout)
+    assert out["prompt_tokens"] > 256 and out["segments"] >= 3
+    assert f"filtering the document in {out['segments']} segments" in " ".join(r.stderr.split())
+    assert len(out["indices"]) == 40 and out["indices"] == sorted(out["indices"])
+    assert max(out["indices"]) < out["document_tokens"]
+    r = invoke(
+        "ask",
+        str(path),
+        "Which line?",
+        "-m",
+        tiny_dir,
+        "-k",
+        "40",
+        "--json",
+        "--max-new-tokens",
+        "3",
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["segments"] == out["segments"] and res["selected_tokens"] < 256
+    assert res["config"]["split"] is True

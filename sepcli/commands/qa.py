@@ -27,7 +27,15 @@ from sepcli.cli_common import (
 from sepcli.errors import ConfigError, InputError
 from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SMOOTH, DEFAULT_TOPK, QAConfig
-from sepcli.gemfilter.pipeline import Piece, Result, Selected, prepare, run_qa, select_tokens
+from sepcli.gemfilter.pipeline import (
+    Piece,
+    Result,
+    Selected,
+    prepare,
+    run_qa,
+    segments_for,
+    select_tokens,
+)
 from sepcli.models import load_model
 from sepcli.stream.reader import refuse_binary
 
@@ -74,6 +82,15 @@ ProtectOpt = Annotated[
     bool,
     typer.Option(
         "--protect/--no-protect", help="Always keep the question and chat-template tokens."
+    ),
+]
+SplitOpt = Annotated[
+    bool,
+    typer.Option(
+        "--split/--no-split",
+        help="A document longer than the model's context is filtered in segments that fit, "
+        "each followed by the question, and the top-k is taken over all of them; --no-split "
+        "refuses it.",
     ),
 ]
 
@@ -166,6 +183,13 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
             f"[dim]{lm.name} ({lm.device}, {str(lm.dtype).removeprefix('torch.')}): gemfilter layer "
             f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk}[/]"
         )
+        segments = len(segments_for(lm.model, prompt))
+        if segments > 1:
+            err_console.print(
+                f"[dim]the prompt is {prompt.n} tokens, over the model's context of "
+                f"{lm.model.config.max_position_embeddings}: filtering the document in "
+                f"{segments} segments[/]"
+            )
     return lm, prompt, cfg
 
 
@@ -202,6 +226,7 @@ def ask(
     smooth: SmoothOpt = DEFAULT_SMOOTH,
     window: WindowOpt = "question",
     protect: ProtectOpt = True,
+    split: SplitOpt = True,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
@@ -224,6 +249,7 @@ def ask(
         smooth=smooth,
         window=parse_window(window),
         protect=protect,
+        split=split,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
@@ -254,6 +280,7 @@ def gemfilter(
     topk: TopkOpt = DEFAULT_TOPK,
     smooth: SmoothOpt = DEFAULT_SMOOTH,
     window: WindowOpt = "question",
+    split: SplitOpt = True,
     gap: Annotated[
         str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
     ] = " … ",
@@ -273,6 +300,7 @@ def gemfilter(
         smooth=smooth,
         window=parse_window(window),
         protect=True,
+        split=split,
     )
     lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
     chosen = select_tokens(lm.model, prompt, cfg)
@@ -296,6 +324,7 @@ def gemfilter(
                     "topk": cfg.topk,
                     "prompt_tokens": prompt.n,
                     "document_tokens": prompt.doc_end - prompt.doc_start,
+                    "segments": chosen.segments,
                     "indices": [i - prompt.doc_start for i in doc_idx],
                     "scores": [round(float(chosen.scores[i]), 6) for i in doc_idx],
                     "text": text,

@@ -18,6 +18,7 @@ DEFAULT_MAX_NEW_TOKENS = 64
 DEFAULT_SMOOTH = 5  # average-pool width over the scores (as the reference); 1 = none
 DEFAULT_PROTECT = True  # always keep the template head and the question tail
 DEFAULT_WINDOW = None  # None = the question: every prompt token after the document votes
+DEFAULT_SPLIT = True  # filter a document longer than the context in segments that fit
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,9 @@ class QAConfig:
     window: how many of the last prompt tokens' queries score the keys (their scores are
         summed); 1 = the paper's last token only; None = the question and template tail
         (every token after the document).
+    split: when the prompt exceeds the model's context, run the filter pass over equal segments
+        of the document that fit (each with the template head and the question), and keep the
+        top-k over all of them (gemfilter only; ``full`` always refuses such a document).
     max_new_tokens, temperature (0 = greedy), seed: decoding.
     """
 
@@ -43,6 +47,7 @@ class QAConfig:
     smooth: int = DEFAULT_SMOOTH
     protect: bool = DEFAULT_PROTECT
     window: int | None = DEFAULT_WINDOW
+    split: bool = DEFAULT_SPLIT
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     seed: int = 0

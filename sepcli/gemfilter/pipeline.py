@@ -15,20 +15,23 @@ import torch
 
 from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import filter_scores, select
+from sepcli.gemfilter.filter import select
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
 from sepcli.gemfilter.memory import PeakMemory
 from sepcli.gemfilter.prompt import Prompt, build_prompt
+from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
 
 
 @dataclass
 class Selected:
-    """The filter's choice: prompt positions [k] (sorted) and the scores [n] of every token."""
+    """The filter's choice: prompt positions [k] (sorted) and the scores [n] of every token;
+    ``segments`` filter passes produced them (1 unless the prompt exceeds the context)."""
 
     prompt: Prompt
     indices: torch.Tensor
     scores: torch.Tensor
     layer: int
+    segments: int = 1
 
 
 @dataclass
@@ -49,29 +52,43 @@ class Result:
     peak_mem_bytes: int
     peak_mem_kind: str
     new_tokens: int
+    segments: int | None
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
 
 def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Prompt:
-    """Validate the layer against the model and build the prompt (raises before any compute)."""
+    """Validate the layer against the model and build the prompt (raises before any compute).
+
+    A prompt longer than the context is refused, except by gemfilter with ``split``: then the
+    filter runs segment by segment, and only the answer prompt must fit (checked here)."""
     shape = arch.shape_of(model)
+    context = shape.context_length or None
     if cfg.method == "gemfilter":
         if cfg.layer is None:
             raise ValueError("QAConfig.layer must be resolved before running gemfilter")
         cfg.check_layer(shape.layers)
-    return build_prompt(tokenizer, document, question, shape.context_length or None)
+        if cfg.split:
+            prompt = build_prompt(tokenizer, document, question, None)
+            plan(prompt, context)
+            check_answer_fits(prompt, context, cfg.topk, cfg.protect)
+            return prompt
+    return build_prompt(tokenizer, document, question, context)
+
+
+def segments_for(model, prompt: Prompt) -> list[tuple[int, int]]:
+    """Document-token bounds of the filter passes for ``prompt`` (one when it fits the context)."""
+    return plan(prompt, arch.shape_of(model).context_length or None)
 
 
 def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
-    """Filter pass + top-k for a prepared prompt."""
-    device = next(model.parameters()).device
-    window = prompt.window(cfg.window)
-    scores = filter_scores(model, prompt.ids.to(device), cfg.layer, window).float().cpu()
+    """Filter pass(es) + top-k for a prepared prompt."""
+    bounds = segments_for(model, prompt)
+    scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
     indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
-    return Selected(prompt, indices, scores, cfg.layer)
+    return Selected(prompt, indices, scores, cfg.layer, len(bounds))
 
 
 def run_qa(
@@ -87,10 +104,12 @@ def run_qa(
     pieces: list[str] = []
     ttft = None
     n_new = 0
+    segments = None
     with PeakMemory(device) as mem:
         if cfg.method == "gemfilter":
             chosen = select_tokens(model, prompt, cfg)
             ids = prompt.ids[chosen.indices]
+            segments = chosen.segments
             yield chosen
         else:
             ids = prompt.ids
@@ -122,6 +141,7 @@ def run_qa(
         peak_mem_bytes=mem.peak_bytes,
         peak_mem_kind=mem.kind,
         new_tokens=n_new,
+        segments=segments,
     )
 
 

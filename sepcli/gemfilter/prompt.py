@@ -88,9 +88,8 @@ def build_prompt(
     if context_length and len(ids) > context_length:
         raise ContextLimitError(
             f"the prompt is {len(ids)} tokens but the model's context is {context_length}: "
-            f"shrink the document first (e.g. run `sepcli gemfilter` on pieces of at most "
-            f"~{max(1, context_length - len(head_ids) - len(tail_ids) - 64)} tokens and join the "
-            "outputs), or use a model with a longer context"
+            "GemFilter (--method gemfilter, without --no-split) filters a longer document "
+            "segment by segment; otherwise shrink the document or use a model with a longer context"
         )
     return Prompt(
         ids=torch.tensor(ids, dtype=torch.long),

@@ -1,0 +1,86 @@
+"""GemFilter over a document longer than the model's context: the filter pass runs over equal
+contiguous segments of the document, each wrapped in the same template head and question tail
+so that it fits, and the top-k is then taken over the scores of all segments at once.
+
+Within a segment a token's score is its share of the question's per-head softmax attention, as
+in the single pass; segments of equal length spread the same attention mass over the same number
+of tokens, so their scores compare. Memory is that of one segment's filter pass; time grows
+linearly with the document. The answer pass sees only the selected tokens, so the template,
+the question and the k tokens must fit in the context together (checked before any compute).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from sepcli.errors import ConfigError, ContextLimitError
+from sepcli.gemfilter.filter import filter_scores
+from sepcli.gemfilter.prompt import Prompt
+
+
+def segment_bounds(length: int, budget: int) -> list[tuple[int, int]]:
+    """Fewest contiguous [start, end) pieces of range(length) no longer than ``budget``, with
+    lengths that differ by at most one."""
+    if length <= 0:
+        return []
+    if budget < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    count = -(-length // budget)
+    base, extra = divmod(length, count)  # the first ``extra`` pieces take one token more
+    ends = [(i + 1) * base + min(i + 1, extra) for i in range(count)]
+    return list(zip([0, *ends[:-1]], ends, strict=True))
+
+
+def plan(prompt: Prompt, context: int | None) -> list[tuple[int, int]]:
+    """Document-token bounds of the filter segments: one segment when the prompt fits.
+
+    Raises ContextLimitError when the template and question leave no room for the document."""
+    doc_len = prompt.doc_end - prompt.doc_start
+    if not context or prompt.n <= context:
+        return [(0, doc_len)]
+    budget = context - (prompt.n - doc_len)
+    if budget < 1:
+        raise ContextLimitError(
+            f"the question and chat template alone take {prompt.n - doc_len} tokens of the "
+            f"model's {context}-token context: ask a shorter question"
+        )
+    return segment_bounds(doc_len, budget)
+
+
+def check_answer_fits(prompt: Prompt, context: int | None, topk: int, protect: bool) -> None:
+    """ConfigError unless the answer prompt (kept template/question + k tokens) fits the context."""
+    if not context or prompt.n <= context:
+        return
+    fixed = prompt.n - (prompt.doc_end - prompt.doc_start) if protect else 0
+    if fixed + topk > context:
+        raise ConfigError(
+            f"--topk {topk} is too large for a document longer than the context: the answer pass "
+            f"reads the {topk} kept tokens"
+            + (f" plus {fixed} question and template tokens" if fixed else "")
+            + f", at most {context}; use --topk {max(1, context - fixed)} or less"
+        )
+
+
+@torch.inference_mode()
+def split_scores(
+    model, prompt: Prompt, layer: int, window: int, bounds: list[tuple[int, int]]
+) -> torch.Tensor:
+    """Scores [n] (float32, CPU) of every prompt token, one filter pass per segment.
+
+    A document token's score comes from its own segment's pass; a template or question token's
+    score is its mean over the segments (it appears in every one)."""
+    device = next(model.parameters()).device
+    head, tail = prompt.ids[: prompt.doc_start], prompt.ids[prompt.doc_end :]
+    h, t = head.numel(), tail.numel()
+    scores = torch.zeros(prompt.n, dtype=torch.float32)
+    outside = torch.zeros(h + t, dtype=torch.float32)
+    for s, e in bounds:
+        doc = prompt.ids[prompt.doc_start + s : prompt.doc_start + e]
+        ids = torch.cat([head, doc, tail]).to(device)
+        seg = filter_scores(model, ids, layer, window).float().cpu()
+        scores[prompt.doc_start + s : prompt.doc_start + e] = seg[h : h + (e - s)]
+        outside += torch.cat([seg[:h], seg[h + (e - s) :]])
+    outside /= max(1, len(bounds))
+    scores[: prompt.doc_start] = outside[:h]
+    scores[prompt.doc_end :] = outside[h:]
+    return scores

@@ -6,6 +6,7 @@ the heatmap to docs/.
     python bench/niah.py grid                 # full vs gemfilter k=256/512/1024 over lengths x depths x needles
     python bench/niah.py speed                # TTFT + peak memory, gemfilter vs full, one run
     python bench/niah.py plot                 # heatmap PNG from the grid results
+    python bench/niah.py long                 # documents 1.5-8x the context: split GemFilter vs truncation
 
 The grid uses needles the calibration never saw (calibration: needles 0-2; grid: 3-5), so the
 chosen layer is not tuned on the test cases. All runs: CPU, 2 threads, model dtype auto (bf16).
@@ -30,8 +31,10 @@ from sepcli.gemfilter import calibrate as cal  # noqa: E402
 from sepcli.gemfilter.config import QAConfig  # noqa: E402
 from sepcli.gemfilter.filter import layer_scores, select  # noqa: E402
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
+from sepcli.gemfilter.memory import PeakMemory  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
-from sepcli.gemfilter.pipeline import answer_text, prepare  # noqa: E402
+from sepcli.gemfilter.pipeline import answer_text, prepare, segments_for  # noqa: E402
+from sepcli.gemfilter.segments import split_scores  # noqa: E402
 from sepcli.models import load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
@@ -236,6 +239,90 @@ def cmd_speed(args, lm) -> None:
     )
 
 
+def cmd_long(args, lm) -> None:
+    """Documents longer than the context. GemFilter filters them segment by segment (one pass
+    per segment serves every k); the baseline a user has without it is to cut the document to
+    what fits: full attention over the template, the *last* document tokens that fit, and the
+    question (``truncate``)."""
+    ctx = lm.model.config.max_position_embeddings
+    lengths = (
+        [int(x) for x in args.lengths.split(",")]
+        if args.lengths
+        else [ctx * 3 // 2, ctx * 2, ctx * 4, ctx * 8]
+    )
+    depths = [float(x) for x in args.depths.split(",")]
+    needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
+    layer = (
+        args.layer if args.layer is not None else cal.auto_layer(lm.model, lm.name, lm.source)[0]
+    )
+    ks = [int(k) for k in args.topks.split(",")]
+    sizes = [int(x) or None for x in args.segment_sizes.split(",")]  # 0 = all that fit
+    rows = []
+    out_name = args.out or "niah-long.json"
+    device = next(lm.model.parameters()).device
+    for i, case in enumerate(make_grid(lm.tokenizer, lengths, depths, needles)):
+        cfg = QAConfig(layer=layer, topk=max(ks), max_new_tokens=args.max_new_tokens)
+        prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
+        row = {
+            "length": case.length_tokens,
+            "depth": case.depth,
+            "needle": case.needle.answer,
+            "prompt_tokens": prompt.n,
+        }
+        needle_pos = prompt.tokens_of_chars(*case.needle_chars)
+        keep = ~prompt.document_mask()
+        for size in sizes:
+            tag = "" if len(sizes) == 1 else f"-s{size or 'fit'}"
+            bounds = segments_for(lm.model, prompt, size)
+            with PeakMemory(device) as mem:
+                t0 = time.perf_counter()
+                scores = split_scores(lm.model, prompt, layer, prompt.window(cfg.window), bounds)
+                row[f"filter_s{tag}"] = time.perf_counter() - t0
+            row[f"segments{tag}"] = len(bounds)
+            row[f"filter_peak_mem_bytes{tag}"] = mem.peak_bytes
+            for k in ks:
+                idx = select(scores, k, smooth=cfg.smooth, keep=keep)
+                kept = set(idx.tolist())
+                ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
+                row[f"gemfilter{k}{tag}"] = {
+                    "correct": case.is_correct(ans),
+                    "answer": ans,
+                    "recall": sum(p in kept for p in needle_pos) / len(needle_pos),
+                }
+        if not args.skip_full:
+            fixed = prompt.n - (prompt.doc_end - prompt.doc_start)
+            tail_start = prompt.doc_end - (ctx - fixed)
+            ids = torch.cat(
+                [prompt.ids[: prompt.doc_start], prompt.ids[tail_start:]]
+            )  # template head + last document tokens that fit + question
+            ans = _answer_from_ids(lm, ids, args.max_new_tokens, case)
+            inside = sum(p >= tail_start for p in needle_pos) / len(needle_pos)
+            row["truncate"] = {"correct": case.is_correct(ans), "answer": ans, "recall": inside}
+        rows.append(row)
+        print(
+            f"[{i + 1}] {json.dumps({k: (v['correct'] if isinstance(v, dict) else v) for k, v in row.items()})}",
+            file=sys.stderr,
+            flush=True,
+        )
+        _write(
+            out_name,
+            {
+                "command": "python bench/niah.py long " + " ".join(sys.argv[2:]),
+                "env": _env(lm),
+                "context": ctx,
+                "layer": layer,
+                "smooth": cfg.smooth,
+                "topks": ks,
+                "segment_sizes": [s or "fit" for s in sizes],
+                "lengths": lengths,
+                "depths": depths,
+                "needles": [n.answer for n in needles],
+                "max_new_tokens": args.max_new_tokens,
+                "rows": rows,
+            },
+        )
+
+
 def cmd_plot(args, lm=None) -> None:
     import matplotlib
 
@@ -283,7 +370,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["calibrate", "grid", "speed", "plot"])
+    p.add_argument("what", choices=["calibrate", "grid", "speed", "plot", "long"])
     p.add_argument("--model", default="smollm2")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -307,6 +394,9 @@ def main() -> None:
     )
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--skip-full", action="store_true")
+    p.add_argument(
+        "--segment-sizes", default="0", help="long: document tokens per filter pass (0 = fit)"
+    )
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
@@ -321,7 +411,8 @@ def main() -> None:
     if args.what == "plot":
         return cmd_plot(args)
     lm = load_model(args.model)
-    {"calibrate": cmd_calibrate, "grid": cmd_grid, "speed": cmd_speed}[args.what](args, lm)
+    commands = {"calibrate": cmd_calibrate, "grid": cmd_grid, "speed": cmd_speed, "long": cmd_long}
+    commands[args.what](args, lm)
 
 
 if __name__ == "__main__":

@@ -286,3 +286,30 @@ def test_a_document_over_the_context_is_filtered_in_segments_and_answered(tiny_l
         answer_text(model, tokenizer, doc, q, QAConfig(layer=1, topk=256 - fixed + 1))
     with pytest.raises(ContextLimitError, match="ask a shorter question"):
         answer_text(model, tokenizer, doc, "why " * 300, QAConfig(layer=1, topk=8))
+
+
+def test_segment_tokens_caps_every_filter_pass(tiny_llama, tokenizer):
+    prompt = _long_prompt(tokenizer, 60)
+    doc_len = prompt.doc_end - prompt.doc_start
+    assert plan(prompt, 512, segment_tokens=doc_len) == [(0, doc_len)]
+    third = -(-doc_len // 3)
+    bounds = plan(prompt, 512, segment_tokens=third)
+    assert len(bounds) == 3 and max(e - s for s, e in bounds) <= third
+    # over the context, the tighter of the two limits wins
+    long = _long_prompt(tokenizer, 300)
+    room = 256 - (long.n - (long.doc_end - long.doc_start))
+    assert len(plan(long, 256, segment_tokens=10**6)) == len(plan(long, 256))
+    assert max(e - s for s, e in plan(long, 256, segment_tokens=room // 2)) <= room // 2
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=9, max_positions=512)
+    q = "Which word comes after w3?"
+    res = answer_text(
+        model,
+        tokenizer,
+        prompt.document,
+        q,
+        QAConfig(layer=1, topk=16, segment_tokens=third, max_new_tokens=2),
+    )
+    assert res.segments == 3
+    for bad in ({"segment_tokens": 0}, {"segment_tokens": 8, "split": False}):
+        with pytest.raises(ConfigError, match="--segment-tokens"):
+            QAConfig(**bad)

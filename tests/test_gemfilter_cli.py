@@ -165,6 +165,7 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         (["calibrate", "--topk", "0"], "--topk must be > 0"),
         (["ask", "{doc}", "q", "--window", "0"], "--window must be >= 1"),
         (["gemfilter", "{doc}", "q", "--window", "all"], "--window must be 'question'"),
+        (["gemfilter", "{doc}", "q", "--segment-tokens", "-3"], "--segment-tokens must be > 0"),
     ],
 )
 def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle):
@@ -244,3 +245,18 @@ def test_a_document_over_the_context_is_filtered_in_segments(tiny_dir, tmp_path)
     res = json.loads(r.stdout)
     assert res["segments"] == out["segments"] and res["selected_tokens"] < 256
     assert res["config"]["split"] is True
+    r = invoke(
+        "gemfilter",
+        "-",
+        "Boats?",
+        "-m",
+        tiny_dir,
+        "-k",
+        "4",
+        "--segment-tokens",
+        "8",
+        "--json",
+        stdin=DOC,
+    )
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["segments"] >= 3 and "--segment-tokens 8" in r.stderr

@@ -93,6 +93,14 @@ SplitOpt = Annotated[
         "refuses it.",
     ),
 ]
+SegmentOpt = Annotated[
+    int,
+    typer.Option(
+        "--segment-tokens",
+        help="At most this many document tokens per filter pass (0 = as many as fit in the "
+        "context); a longer document is split even when it would fit.",
+    ),
+]
 
 
 def read_document(doc: str) -> tuple[str, int]:
@@ -183,13 +191,16 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
             f"[dim]{lm.name} ({lm.device}, {str(lm.dtype).removeprefix('torch.')}): gemfilter layer "
             f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk}[/]"
         )
-        segments = len(segments_for(lm.model, prompt))
+        segments = len(segments_for(lm.model, prompt, cfg.segment_tokens))
         if segments > 1:
-            err_console.print(
-                f"[dim]the prompt is {prompt.n} tokens, over the model's context of "
-                f"{lm.model.config.max_position_embeddings}: filtering the document in "
-                f"{segments} segments[/]"
+            ctx = lm.model.config.max_position_embeddings
+            why = (
+                f"the prompt is {prompt.n} tokens, over the model's context of {ctx}"
+                if prompt.n > ctx
+                else f"the document is {prompt.doc_end - prompt.doc_start} tokens, over "
+                f"--segment-tokens {cfg.segment_tokens}"
             )
+            err_console.print(f"[dim]{why}: filtering the document in {segments} segments[/]")
     return lm, prompt, cfg
 
 
@@ -227,6 +238,7 @@ def ask(
     window: WindowOpt = "question",
     protect: ProtectOpt = True,
     split: SplitOpt = True,
+    segment_tokens: SegmentOpt = 0,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
@@ -250,6 +262,7 @@ def ask(
         window=parse_window(window),
         protect=protect,
         split=split,
+        segment_tokens=segment_tokens or None,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
@@ -281,6 +294,7 @@ def gemfilter(
     smooth: SmoothOpt = DEFAULT_SMOOTH,
     window: WindowOpt = "question",
     split: SplitOpt = True,
+    segment_tokens: SegmentOpt = 0,
     gap: Annotated[
         str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
     ] = " … ",
@@ -301,6 +315,7 @@ def gemfilter(
         window=parse_window(window),
         protect=True,
         split=split,
+        segment_tokens=segment_tokens or None,
     )
     lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
     chosen = select_tokens(lm.model, prompt, cfg)

@@ -38,6 +38,8 @@ class QAConfig:
     split: when the prompt exceeds the model's context, run the filter pass over equal segments
         of the document that fit (each with the template head and the question), and keep the
         top-k over all of them (gemfilter only; ``full`` always refuses such a document).
+    segment_tokens: at most this many document tokens per filter pass (None = as many as fit in
+        the context); a document longer than that is split even when it would fit.
     max_new_tokens, temperature (0 = greedy), seed: decoding.
     """
 
@@ -48,6 +50,7 @@ class QAConfig:
     protect: bool = DEFAULT_PROTECT
     window: int | None = DEFAULT_WINDOW
     split: bool = DEFAULT_SPLIT
+    segment_tokens: int | None = None
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     seed: int = 0
@@ -63,6 +66,10 @@ class QAConfig:
             raise ConfigError(f"--smooth must be an odd width >= 1, got {self.smooth}")
         if self.window is not None and self.window < 1:
             raise ConfigError(f"--window must be >= 1 or 'question', got {self.window}")
+        if self.segment_tokens is not None and self.segment_tokens <= 0:
+            raise ConfigError(f"--segment-tokens must be > 0, got {self.segment_tokens}")
+        if self.segment_tokens is not None and not self.split:
+            raise ConfigError("--segment-tokens needs --split")
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         if not self.temperature >= 0.0:  # also rejects NaN

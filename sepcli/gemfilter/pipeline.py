@@ -71,20 +71,21 @@ def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Pr
         cfg.check_layer(shape.layers)
         if cfg.split:
             prompt = build_prompt(tokenizer, document, question, None)
-            plan(prompt, context)
+            plan(prompt, context, cfg.segment_tokens)
             check_answer_fits(prompt, context, cfg.topk, cfg.protect)
             return prompt
     return build_prompt(tokenizer, document, question, context)
 
 
-def segments_for(model, prompt: Prompt) -> list[tuple[int, int]]:
-    """Document-token bounds of the filter passes for ``prompt`` (one when it fits the context)."""
-    return plan(prompt, arch.shape_of(model).context_length or None)
+def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> list[tuple[int, int]]:
+    """Document-token bounds of the filter passes for ``prompt`` (one when it fits the context
+    and ``segment_tokens`` does not cut it)."""
+    return plan(prompt, arch.shape_of(model).context_length or None, segment_tokens)
 
 
 def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
     """Filter pass(es) + top-k for a prepared prompt."""
-    bounds = segments_for(model, prompt)
+    bounds = segments_for(model, prompt, cfg.segment_tokens)
     scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
     indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)

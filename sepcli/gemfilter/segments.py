@@ -31,20 +31,24 @@ def segment_bounds(length: int, budget: int) -> list[tuple[int, int]]:
     return list(zip([0, *ends[:-1]], ends, strict=True))
 
 
-def plan(prompt: Prompt, context: int | None) -> list[tuple[int, int]]:
-    """Document-token bounds of the filter segments: one segment when the prompt fits.
+def plan(
+    prompt: Prompt, context: int | None, segment_tokens: int | None = None
+) -> list[tuple[int, int]]:
+    """Document-token bounds of the filter segments: one segment when the prompt fits the
+    context and the document is at most ``segment_tokens`` long (None = no such cap).
 
     Raises ContextLimitError when the template and question leave no room for the document."""
     doc_len = prompt.doc_end - prompt.doc_start
-    if not context or prompt.n <= context:
-        return [(0, doc_len)]
-    budget = context - (prompt.n - doc_len)
-    if budget < 1:
-        raise ContextLimitError(
-            f"the question and chat template alone take {prompt.n - doc_len} tokens of the "
-            f"model's {context}-token context: ask a shorter question"
-        )
-    return segment_bounds(doc_len, budget)
+    budget = doc_len if segment_tokens is None else min(doc_len, segment_tokens)
+    if context and prompt.n > context:
+        room = context - (prompt.n - doc_len)
+        if room < 1:
+            raise ContextLimitError(
+                f"the question and chat template alone take {prompt.n - doc_len} tokens of the "
+                f"model's {context}-token context: ask a shorter question"
+            )
+        budget = min(budget, room)
+    return segment_bounds(doc_len, max(1, budget))
 
 
 def check_answer_fits(prompt: Prompt, context: int | None, topk: int, protect: bool) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.needles import NEEDLES, make_case
-from sepcli.gemfilter.pipeline import answer_text, prepare, select_tokens
+from sepcli.gemfilter.pipeline import Result, Selected, answer_text, prepare, run_qa, select_tokens
 
 # The layer `python bench/niah.py calibrate --lengths 1024,2048 --needles 3` chose (0-based).
 SMOLLM2_LAYER = 17
@@ -27,4 +27,22 @@ def test_needle_in_2k_tokens_is_selected_and_answered(real_model):
     assert all(i in kept for i in answer_tokens)  # the answer's words reach the answer pass
     result = answer_text(lm.model, lm.tokenizer, case.document, case.question, cfg)
     assert result.selected_tokens < prompt.n // 4
+    assert case.is_correct(result.answer), result.answer
+
+
+@pytest.mark.real
+def test_needle_in_a_document_over_the_context_is_found_across_segments(real_model):
+    """~12K tokens, 1.5x SmolLM2's 8K context: two filter passes, then the answer from 1024."""
+    lm = real_model
+    case = make_case(lm.tokenizer, NEEDLES[3], 12288, 0.5)
+    cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=1024, max_new_tokens=16)
+    events = list(run_qa(lm.model, lm.tokenizer, case.document, case.question, cfg))
+    chosen, result = events[0], events[-1]
+    assert isinstance(chosen, Selected) and isinstance(result, Result)
+    prompt = chosen.prompt
+    assert prompt.n > lm.model.config.max_position_embeddings and chosen.segments == 2
+    start = case.document.index(case.needle.answer, case.needle_chars[0])
+    kept = set(chosen.indices.tolist())
+    assert all(i in kept for i in prompt.tokens_of_chars(start, start + len(case.needle.answer)))
+    assert result.selected_tokens < lm.model.config.max_position_embeddings
     assert case.is_correct(result.answer), result.answer

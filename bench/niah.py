@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from sepcli.gemfilter import calibrate as cal  # noqa: E402
 from sepcli.gemfilter.config import QAConfig  # noqa: E402
-from sepcli.gemfilter.filter import layer_scores, select  # noqa: E402
+from sepcli.gemfilter.filter import layer_scores, select, select_spans  # noqa: E402
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
 from sepcli.gemfilter.memory import PeakMemory  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
@@ -257,6 +257,7 @@ def cmd_long(args, lm) -> None:
     )
     ks = [int(k) for k in args.topks.split(",")]
     sizes = [int(x) or None for x in args.segment_sizes.split(",")]  # 0 = all that fit
+    units = args.units.split(",")
     rows = []
     out_name = args.out or "niah-long.json"
     device = next(lm.model.parameters()).device
@@ -281,14 +282,20 @@ def cmd_long(args, lm) -> None:
             row[f"segments{tag}"] = len(bounds)
             row[f"filter_peak_mem_bytes{tag}"] = mem.peak_bytes
             for k in ks:
-                idx = select(scores, k, smooth=cfg.smooth, keep=keep)
-                kept = set(idx.tolist())
-                ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
-                row[f"gemfilter{k}{tag}"] = {
-                    "correct": case.is_correct(ans),
-                    "answer": ans,
-                    "recall": sum(p in kept for p in needle_pos) / len(needle_pos),
-                }
+                for unit in units:
+                    if unit == "sentence":
+                        idx = select_spans(scores, prompt.sentences(), k, keep=keep)
+                    else:
+                        idx = select(scores, k, smooth=cfg.smooth, keep=keep)
+                    kept = set(idx.tolist())
+                    ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
+                    name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
+                    row[name] = {
+                        "correct": case.is_correct(ans),
+                        "answer": ans,
+                        "recall": sum(p in kept for p in needle_pos) / len(needle_pos),
+                        "kept": len(kept),
+                    }
         if not args.skip_full:
             fixed = prompt.n - (prompt.doc_end - prompt.doc_start)
             tail_start = prompt.doc_end - (ctx - fixed)
@@ -314,6 +321,7 @@ def cmd_long(args, lm) -> None:
                 "smooth": cfg.smooth,
                 "topks": ks,
                 "segment_sizes": [s or "fit" for s in sizes],
+                "units": units,
                 "lengths": lengths,
                 "depths": depths,
                 "needles": [n.answer for n in needles],
@@ -397,6 +405,7 @@ def main() -> None:
     p.add_argument(
         "--segment-sizes", default="0", help="long: document tokens per filter pass (0 = fit)"
     )
+    p.add_argument("--units", default="token", help="long: token,sentence (what top-k keeps)")
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")

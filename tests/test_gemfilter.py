@@ -9,7 +9,13 @@ import torch
 from sepcli.errors import ConfigError, ContextLimitError, InputError
 from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import filter_scores, layer_scores, select, smooth_scores
+from sepcli.gemfilter.filter import (
+    filter_scores,
+    layer_scores,
+    select,
+    select_spans,
+    smooth_scores,
+)
 from sepcli.gemfilter.needles import NEEDLES, make_case
 from sepcli.gemfilter.pipeline import answer_text
 from sepcli.gemfilter.prompt import build_prompt
@@ -313,3 +319,72 @@ def test_segment_tokens_caps_every_filter_pass(tiny_llama, tokenizer):
     for bad in ({"segment_tokens": 0}, {"segment_tokens": 8, "split": False}):
         with pytest.raises(ConfigError, match="--segment-tokens"):
             QAConfig(**bad)
+
+
+def test_sentences_cover_the_document_and_end_at_sentence_marks(tokenizer):
+    doc = "One fish. Two fish? Red fish!\nBlue " + "fish " * 100 + "end."
+    p = build_prompt(tokenizer, doc, "How many fish?")
+    spans = p.sentences(max_tokens=32)
+    assert spans[0][0] == p.doc_start and spans[-1][1] == p.doc_end
+    assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False))
+    texts = [tokenizer.decode(p.ids[a:b]) for a, b in spans]
+    assert texts[:3] == ["One fish.", " Two fish?", " Red fish!"]
+    assert max(b - a for a, b in spans) == 32  # the unpunctuated run is cut at the cap
+    assert texts[-1].endswith("end.")
+
+
+def _naive_select_spans(scores, spans, k, keep):
+    """Plain-list greedy: best span (by its top score) first, whole spans that still fit."""
+    s = scores.tolist()
+    units = [list(range(a, b)) for a, b in spans]
+    inside = {i for u in units for i in u}
+    units += [[i] for i in range(len(s)) if i not in inside and not keep[i]]
+    units.sort(key=lambda u: -max(s[i] for i in u))
+    out, room = [i for i in range(len(s)) if keep[i]], k
+    for u in units:
+        if len(u) <= room:
+            out += u
+            room -= len(u)
+    return sorted(out)
+
+
+def test_select_spans_keeps_whole_sentences_like_a_naive_greedy():
+    g = torch.Generator().manual_seed(3)
+    for trial in range(30):
+        t = 60
+        cuts = sorted(set(torch.randint(6, 54, (8,), generator=g).tolist()))
+        bounds = [5, *cuts, 55]
+        spans = list(zip(bounds[:-1], bounds[1:], strict=True))
+        scores = torch.rand(t, generator=g)
+        keep = torch.zeros(t, dtype=torch.bool)
+        keep[:5] = keep[55:] = trial % 2 == 0  # protected template, or competing tokens
+        k = int(torch.randint(1, 50, (1,), generator=g))
+        got = select_spans(scores, spans, k, keep=keep)
+        assert got.tolist() == _naive_select_spans(scores, spans, k, keep.tolist())
+        doc = [i for i in got.tolist() if 5 <= i < 55]
+        assert len(doc) <= k
+        for a, b in spans:  # all or nothing
+            assert sum(a <= i < b for i in doc) in (0, b - a)
+    scores = torch.zeros(20)
+    scores[12] = 5.0  # one hot token pulls in its whole sentence
+    got = select_spans(scores, [(0, 8), (8, 15), (15, 20)], 7)
+    assert got.tolist() == list(range(8, 15))
+
+
+def test_sentence_unit_answers_from_whole_sentences(tiny_llama, tokenizer):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=9, max_positions=256)
+    doc = "The door is green. " * 6 + "The kite flies in October. " + "Rain fell. " * 30
+    q = "When does the kite fly?"
+    cfg = QAConfig(layer=1, topk=40, unit="sentence", max_new_tokens=2)
+    prompt = build_prompt(tokenizer, doc, q, 256)
+    from sepcli.gemfilter.pipeline import select_tokens
+
+    chosen = select_tokens(model, prompt, cfg)
+    kept = set(chosen.indices.tolist())
+    doc_kept = [i for i in kept if prompt.doc_start <= i < prompt.doc_end]
+    assert 0 < len(doc_kept) <= 40
+    for a, b in prompt.sentences():
+        assert all(i in kept for i in range(a, b)) or not any(i in kept for i in range(a, b))
+    assert all(i in kept for i in range(prompt.doc_start)) and prompt.n - 1 in kept
+    with pytest.raises(ConfigError, match="--unit must be one of"):
+        QAConfig(unit="word")

@@ -166,6 +166,7 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         (["ask", "{doc}", "q", "--window", "0"], "--window must be >= 1"),
         (["gemfilter", "{doc}", "q", "--window", "all"], "--window must be 'question'"),
         (["gemfilter", "{doc}", "q", "--segment-tokens", "-3"], "--segment-tokens must be > 0"),
+        (["ask", "{doc}", "q", "--unit", "word"], "--unit must be one of"),
     ],
 )
 def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle):
@@ -260,3 +261,32 @@ def test_a_document_over_the_context_is_filtered_in_segments(tiny_dir, tmp_path)
     )
     assert r.exit_code == 0, r.output
     assert json.loads(r.stdout)["segments"] >= 3 and "--segment-tokens 8" in r.stderr
+
+
+def test_gemfilter_sentence_unit_prints_whole_sentences(tiny_dir):
+    r = invoke(
+        "gemfilter",
+        "-",
+        "Boats?",
+        "-m",
+        tiny_dir,
+        "--layer",
+        "2",
+        "-k",
+        "12",
+        "--unit",
+        "sentence",
+        "--gap",
+        "|",
+        stdin=DOC,
+    )
+    assert r.exit_code == 0, r.output
+    sentences = {
+        "The lighthouse keeper painted the door green.",
+        "Boats came home at dusk.",
+        "The bell rang twice.",
+    }
+    pieces = [p.strip() for p in r.stdout.strip().split("|")]
+    parts = [x for p in pieces for x in p.replace(". ", ".\n").splitlines()]  # adjacent runs join
+    assert parts and all(x in sentences for x in parts), pieces
+    assert sum(len(x.split()) for x in parts) < len(DOC.split())  # a real selection

@@ -101,6 +101,14 @@ SegmentOpt = Annotated[
         "context); a longer document is split even when it would fit.",
     ),
 ]
+UnitOpt = Annotated[
+    str,
+    typer.Option(
+        "--unit",
+        help="What top-k keeps: 'token' (the paper: the k best tokens) or 'sentence' (whole "
+        "sentences, best first, up to k document tokens).",
+    ),
+]
 
 
 def read_document(doc: str) -> tuple[str, int]:
@@ -239,6 +247,7 @@ def ask(
     protect: ProtectOpt = True,
     split: SplitOpt = True,
     segment_tokens: SegmentOpt = 0,
+    unit: UnitOpt = "token",
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
@@ -263,6 +272,7 @@ def ask(
         protect=protect,
         split=split,
         segment_tokens=segment_tokens or None,
+        unit=unit.strip().lower(),
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
@@ -295,6 +305,7 @@ def gemfilter(
     window: WindowOpt = "question",
     split: SplitOpt = True,
     segment_tokens: SegmentOpt = 0,
+    unit: UnitOpt = "token",
     gap: Annotated[
         str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
     ] = " … ",
@@ -316,6 +327,7 @@ def gemfilter(
         protect=True,
         split=split,
         segment_tokens=segment_tokens or None,
+        unit=unit.strip().lower(),
     )
     lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
     chosen = select_tokens(lm.model, prompt, cfg)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from sepcli.errors import ConfigError
 
 METHODS = ("gemfilter", "full")
+UNITS = ("token", "sentence")
 
 # Chosen from bench/niah.py (see docs/gemfilter.md): the defaults the CLI exposes.
 DEFAULT_TOPK = 1024
@@ -40,6 +41,9 @@ class QAConfig:
         top-k over all of them (gemfilter only; ``full`` always refuses such a document).
     segment_tokens: at most this many document tokens per filter pass (None = as many as fit in
         the context); a document longer than that is split even when it would fit.
+    unit: what top-k keeps: ``token`` (the paper: the k best tokens) or ``sentence`` (whole
+        sentences, best first by their highest token score, up to k document tokens; smoothing
+        does not apply).
     max_new_tokens, temperature (0 = greedy), seed: decoding.
     """
 
@@ -51,6 +55,7 @@ class QAConfig:
     window: int | None = DEFAULT_WINDOW
     split: bool = DEFAULT_SPLIT
     segment_tokens: int | None = None
+    unit: str = "token"
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     seed: int = 0
@@ -70,6 +75,8 @@ class QAConfig:
             raise ConfigError(f"--segment-tokens must be > 0, got {self.segment_tokens}")
         if self.segment_tokens is not None and not self.split:
             raise ConfigError("--segment-tokens needs --split")
+        if self.unit not in UNITS:
+            raise ConfigError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         if not self.temperature >= 0.0:  # also rejects NaN

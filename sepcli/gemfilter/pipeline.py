@@ -15,7 +15,7 @@ import torch
 
 from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import select
+from sepcli.gemfilter.filter import select, select_spans
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
 from sepcli.gemfilter.memory import PeakMemory
 from sepcli.gemfilter.prompt import Prompt, build_prompt
@@ -88,7 +88,10 @@ def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
     bounds = segments_for(model, prompt, cfg.segment_tokens)
     scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
-    indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
+    if cfg.unit == "sentence":
+        indices = select_spans(scores, prompt.sentences(), cfg.topk, keep=keep)
+    else:
+        indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
     return Selected(prompt, indices, scores, cfg.layer, len(bounds))
 
 

@@ -15,6 +15,8 @@ import torch
 from sepcli.errors import ContextLimitError, InputError
 
 _SLOT = "\x00SEPCLI-DOCUMENT\x00"
+SENTENCE_END = frozenset(".?!\n")
+MAX_SENTENCE_TOKENS = 64
 _PLAIN_TEMPLATE = (
     "Read the document and answer the question.\n\nDocument:\n{doc}\n\nQuestion: {q}\nAnswer:"
 )
@@ -47,6 +49,20 @@ class Prompt:
         mask = torch.zeros(self.n, dtype=torch.bool)
         mask[self.doc_start : self.doc_end] = True
         return mask
+
+    def sentences(self, max_tokens: int = MAX_SENTENCE_TOKENS) -> list[tuple[int, int]]:
+        """Prompt-position [start, end) spans covering the document: each ends after a token
+        whose text holds '.', '?', '!' or a newline, or after ``max_tokens`` tokens (so an
+        unpunctuated stretch such as a table or code cannot become one huge unit)."""
+        spans, start = [], self.doc_start
+        for i, (s, e) in enumerate(self.doc_offsets):
+            pos = self.doc_start + i
+            if pos + 1 - start >= max_tokens or not SENTENCE_END.isdisjoint(self.document[s:e]):
+                spans.append((start, pos + 1))
+                start = pos + 1
+        if start < self.doc_end:
+            spans.append((start, self.doc_end))
+        return spans
 
     def tokens_of_chars(self, start: int, end: int) -> list[int]:
         """Prompt positions of the document tokens overlapping document chars [start, end)."""

@@ -33,7 +33,12 @@ from sepcli.gemfilter.filter import layer_scores, select, select_spans  # noqa: 
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
 from sepcli.gemfilter.memory import PeakMemory  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
-from sepcli.gemfilter.pipeline import answer_text, prepare, segments_for  # noqa: E402
+from sepcli.gemfilter.pipeline import (  # noqa: E402
+    answer_text,
+    prepare,
+    segments_for,
+    sentence_units,
+)
 from sepcli.gemfilter.segments import split_scores  # noqa: E402
 from sepcli.models import load_model  # noqa: E402
 
@@ -72,6 +77,13 @@ def _answer_from_ids(lm, ids: torch.Tensor, max_new: int, case=None) -> str:
         if case is not None and case.is_correct(text):
             break
     return text
+
+
+def _pick(prompt, scores, k: int, unit: str, smooth: int, keep) -> torch.Tensor:
+    """Kept prompt positions for one (k, unit): the library's two selection rules."""
+    if unit == "sentence":
+        return select_spans(scores, sentence_units(prompt, keep is not None), k, keep=keep)
+    return select(scores, k, smooth=smooth, keep=keep)
 
 
 def cmd_calibrate(args, lm) -> None:
@@ -148,6 +160,7 @@ def cmd_grid(args, lm) -> None:
         layers = [cal.auto_layer(lm.model, lm.name, lm.source)[0]]
     ks = [int(k) for k in args.topks.split(",")]
     variants = [(s, p) for s in (1, 5) for p in (False, True)]  # selection-only ablation
+    units = args.units.split(",")
     rows = []
     out_name = args.out or "niah-grid.json"
     device = next(lm.model.parameters()).device
@@ -181,10 +194,20 @@ def cmd_grid(args, lm) -> None:
                     recall[f"smooth{smooth}-protect{int(protect)}"] = sum(
                         p in kept for p in needle_pos
                     ) / len(needle_pos)
-                idx = select(scores, k, smooth=cfg.smooth, keep=~doc_mask if cfg.protect else None)
-                ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
-                name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
-                row[name] = {"correct": case.is_correct(ans), "answer": ans, "recall": recall}
+                for unit in units:
+                    keep = ~doc_mask if cfg.protect else None
+                    idx = _pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
+                    name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
+                    name += "" if len(units) == 1 else f"-{unit}"
+                    kept = set(idx.tolist())
+                    row[name] = {
+                        "correct": case.is_correct(ans),
+                        "answer": ans,
+                        "recall": recall
+                        if unit == "token"
+                        else sum(p in kept for p in needle_pos) / len(needle_pos),
+                    }
         rows.append(row)
         print(
             f"[{i + 1}] {json.dumps({k: (v['correct'] if isinstance(v, dict) else v) for k, v in row.items()})}",
@@ -283,10 +306,7 @@ def cmd_long(args, lm) -> None:
             row[f"filter_peak_mem_bytes{tag}"] = mem.peak_bytes
             for k in ks:
                 for unit in units:
-                    if unit == "sentence":
-                        idx = select_spans(scores, prompt.sentences(), k, keep=keep)
-                    else:
-                        idx = select(scores, k, smooth=cfg.smooth, keep=keep)
+                    idx = _pick(prompt, scores, k, unit, cfg.smooth, keep)
                     kept = set(idx.tolist())
                     ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
                     name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
@@ -405,7 +425,7 @@ def main() -> None:
     p.add_argument(
         "--segment-sizes", default="0", help="long: document tokens per filter pass (0 = fit)"
     )
-    p.add_argument("--units", default="token", help="long: token,sentence (what top-k keeps)")
+    p.add_argument("--units", default="token", help="grid, long: token,sentence (what top-k keeps)")
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")

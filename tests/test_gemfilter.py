@@ -278,7 +278,7 @@ def test_a_document_over_the_context_is_filtered_in_segments_and_answered(tiny_l
     model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=9, max_positions=256)
     prompt = _long_prompt(tokenizer, 300)
     doc, q = prompt.document, "Which word comes after w3?"
-    cfg = QAConfig(layer=1, topk=64, max_new_tokens=3)
+    cfg = QAConfig(layer=1, topk=64, max_new_tokens=3, unit="token")
     res = answer_text(model, tokenizer, doc, q, cfg)
     assert res.segments == len(plan(prompt, 256)) >= 3 and res.prompt_tokens == prompt.n
     assert res.selected_tokens == prompt.n - (prompt.doc_end - prompt.doc_start) + 64
@@ -331,14 +331,20 @@ def test_sentences_cover_the_document_and_end_at_sentence_marks(tokenizer):
     assert texts[:3] == ["One fish.", " Two fish?", " Red fish!"]
     assert max(b - a for a, b in spans) == 32  # the unpunctuated run is cut at the cap
     assert texts[-1].endswith("end.")
+    p = build_prompt(tokenizer, "First line.\n\n\nSecond line.\n\nThird.", "Which line?")
+    every, content = p.sentences(), p.sentences(blank=False)
+    assert set(content) < set(every)
+    assert [tokenizer.decode(p.ids[a:b]).strip() for a, b in content] == [
+        "First line.",
+        "Second line.",
+        "Third.",
+    ]
 
 
 def _naive_select_spans(scores, spans, k, keep):
     """Plain-list greedy: best span (by its top score) first, whole spans that still fit."""
     s = scores.tolist()
     units = [list(range(a, b)) for a, b in spans]
-    inside = {i for u in units for i in u}
-    units += [[i] for i in range(len(s)) if i not in inside and not keep[i]]
     units.sort(key=lambda u: -max(s[i] for i in u))
     out, room = [i for i in range(len(s)) if keep[i]], k
     for u in units:
@@ -358,6 +364,8 @@ def test_select_spans_keeps_whole_sentences_like_a_naive_greedy():
         scores = torch.rand(t, generator=g)
         keep = torch.zeros(t, dtype=torch.bool)
         keep[:5] = keep[55:] = trial % 2 == 0  # protected template, or competing tokens
+        if trial % 2:
+            spans += [(i, i + 1) for i in [*range(5), *range(55, t)]]
         k = int(torch.randint(1, 50, (1,), generator=g))
         got = select_spans(scores, spans, k, keep=keep)
         assert got.tolist() == _naive_select_spans(scores, spans, k, keep.tolist())

@@ -130,6 +130,8 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         "2",
         "--topk",
         "8",
+        "--unit",
+        "token",
         "--json",
         stdin=DOC,
     )
@@ -223,7 +225,18 @@ def test_calibrate_stores_choice_that_auto_uses(tiny_dir, doc_file, tmp_path):
 def test_a_document_over_the_context_is_filtered_in_segments(tiny_dir, tmp_path):
     path = tmp_path / "long.txt"
     path.write_text(" ".join(f"Line {i} of the log is fine." for i in range(150)))
-    r = invoke("gemfilter", str(path), "Which line?", "-m", tiny_dir, "-k", "40", "--json")
+    r = invoke(
+        "gemfilter",
+        str(path),
+        "Which line?",
+        "-m",
+        tiny_dir,
+        "-k",
+        "40",
+        "--unit",
+        "token",
+        "--json",
+    )
     assert r.exit_code == 0, r.output
     out = json.loads(r.stdout)
     assert out["prompt_tokens"] > 256 and out["segments"] >= 3

@@ -26,7 +26,13 @@ from sepcli.cli_common import (
 )
 from sepcli.errors import ConfigError, InputError
 from sepcli.gemfilter import calibrate as cal
-from sepcli.gemfilter.config import DEFAULT_MAX_NEW_TOKENS, DEFAULT_SMOOTH, DEFAULT_TOPK, QAConfig
+from sepcli.gemfilter.config import (
+    DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_SMOOTH,
+    DEFAULT_TOPK,
+    DEFAULT_UNIT,
+    QAConfig,
+)
 from sepcli.gemfilter.pipeline import (
     Piece,
     Result,
@@ -247,7 +253,7 @@ def ask(
     protect: ProtectOpt = True,
     split: SplitOpt = True,
     segment_tokens: SegmentOpt = 0,
-    unit: UnitOpt = "token",
+    unit: UnitOpt = DEFAULT_UNIT,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
@@ -305,7 +311,7 @@ def gemfilter(
     window: WindowOpt = "question",
     split: SplitOpt = True,
     segment_tokens: SegmentOpt = 0,
-    unit: UnitOpt = "token",
+    unit: UnitOpt = DEFAULT_UNIT,
     gap: Annotated[
         str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
     ] = " … ",

@@ -121,18 +121,15 @@ def smooth_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
 def select_spans(
     scores: torch.Tensor, spans: list[tuple[int, int]], k: int, keep: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """Indices (sorted) of whole spans, best first by their highest token score, while the
-    spans' tokens total at most ``k`` (a span that would overflow is skipped for smaller ones).
+    """Indices (sorted) of the ``keep`` positions plus whole spans, best first by their highest
+    token score, while the spans' tokens total at most ``k`` (a span that would overflow is
+    skipped for smaller ones).
 
-    spans: disjoint [start, end) position ranges (sentences of the document). Positions in no
-    span are kept when ``keep`` marks them ([T] bool, the question and template) and are
-    otherwise single-token spans of their own."""
+    spans: the disjoint [start, end) candidates (sentences of the document); a position in no
+    span is never selected unless ``keep`` ([T] bool: the question and template) marks it."""
     t = scores.shape[-1]
     keep = torch.zeros(t, dtype=torch.bool) if keep is None else keep.cpu()
-    covered = torch.zeros(t, dtype=torch.bool)
-    for a, b in spans:
-        covered[a:b] = True
-    units = list(spans) + [(i, i + 1) for i in (~covered & ~keep).nonzero().view(-1).tolist()]
+    units = list(spans)
     s = scores.float().cpu()
     best = [float(s[a:b].max()) for a, b in units]
     chosen = [keep.nonzero().view(-1)]

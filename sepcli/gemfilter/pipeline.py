@@ -83,13 +83,24 @@ def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> li
     return plan(prompt, arch.shape_of(model).context_length or None, segment_tokens)
 
 
+def sentence_units(prompt: Prompt, protect: bool) -> list[tuple[int, int]]:
+    """Candidates for ``unit=sentence``: the document's sentences that are not blank (blank
+    lines draw attention like sinks but say nothing), plus, without ``protect``, every
+    template and question token on its own, as the paper lets them compete."""
+    units = prompt.sentences(blank=False)
+    if not protect:
+        outside = [*range(prompt.doc_start), *range(prompt.doc_end, prompt.n)]
+        units += [(i, i + 1) for i in outside]
+    return units
+
+
 def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
     """Filter pass(es) + top-k for a prepared prompt."""
     bounds = segments_for(model, prompt, cfg.segment_tokens)
     scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
     if cfg.unit == "sentence":
-        indices = select_spans(scores, prompt.sentences(), cfg.topk, keep=keep)
+        indices = select_spans(scores, sentence_units(prompt, cfg.protect), cfg.topk, keep=keep)
     else:
         indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
     return Selected(prompt, indices, scores, cfg.layer, len(bounds))

@@ -50,10 +50,13 @@ class Prompt:
         mask[self.doc_start : self.doc_end] = True
         return mask
 
-    def sentences(self, max_tokens: int = MAX_SENTENCE_TOKENS) -> list[tuple[int, int]]:
-        """Prompt-position [start, end) spans covering the document: each ends after a token
-        whose text holds '.', '?', '!' or a newline, or after ``max_tokens`` tokens (so an
-        unpunctuated stretch such as a table or code cannot become one huge unit)."""
+    def sentences(
+        self, max_tokens: int = MAX_SENTENCE_TOKENS, *, blank: bool = True
+    ) -> list[tuple[int, int]]:
+        """Prompt-position [start, end) spans over the document: each ends after a token whose
+        text holds '.', '?', '!' or a newline, or after ``max_tokens`` tokens (so an
+        unpunctuated stretch such as a table or code cannot become one huge unit). With
+        ``blank=False`` the spans that are only whitespace (blank lines) are left out."""
         spans, start = [], self.doc_start
         for i, (s, e) in enumerate(self.doc_offsets):
             pos = self.doc_start + i
@@ -62,7 +65,14 @@ class Prompt:
                 start = pos + 1
         if start < self.doc_end:
             spans.append((start, self.doc_end))
-        return spans
+        if blank:
+            return spans
+        off = self.doc_offsets
+        return [
+            (a, b)
+            for a, b in spans
+            if self.document[off[a - self.doc_start][0] : off[b - 1 - self.doc_start][1]].strip()
+        ]
 
     def tokens_of_chars(self, start: int, end: int) -> list[int]:
         """Prompt positions of the document tokens overlapping document chars [start, end)."""

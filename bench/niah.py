@@ -82,7 +82,7 @@ def _answer_from_ids(lm, ids: torch.Tensor, max_new: int, case=None) -> str:
 def _pick(prompt, scores, k: int, unit: str, smooth: int, keep) -> torch.Tensor:
     """Kept prompt positions for one (k, unit): the library's two selection rules."""
     if unit == "sentence":
-        return select_spans(scores, sentence_units(prompt, keep is not None), k, keep=keep)
+        return select_spans(scores, sentence_units(prompt, keep is not None, k), k, keep=keep)
     return select(scores, k, smooth=smooth, keep=keep)
 
 

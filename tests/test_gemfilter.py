@@ -396,3 +396,7 @@ def test_sentence_unit_answers_from_whole_sentences(tiny_llama, tokenizer):
     assert all(i in kept for i in range(prompt.doc_start)) and prompt.n - 1 in kept
     with pytest.raises(ConfigError, match="--unit must be one of"):
         QAConfig(unit="word")
+    # k below every sentence's length still keeps the best piece, cut to k tokens
+    small = select_tokens(model, prompt, QAConfig(layer=1, topk=3, unit="sentence"))
+    doc_small = [i for i in small.indices.tolist() if prompt.doc_start <= i < prompt.doc_end]
+    assert 1 <= len(doc_small) <= 3

@@ -203,7 +203,8 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     if cfg.method == "gemfilter":
         err_console.print(
             f"[dim]{lm.name} ({lm.device}, {str(lm.dtype).removeprefix('torch.')}): gemfilter layer "
-            f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk}[/]"
+            f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk} "
+            f"({cfg.unit}s)[/]"
         )
         segments = len(segments_for(lm.model, prompt, cfg.segment_tokens))
         if segments > 1:

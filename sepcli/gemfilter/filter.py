@@ -129,13 +129,12 @@ def select_spans(
     span is never selected unless ``keep`` ([T] bool: the question and template) marks it."""
     t = scores.shape[-1]
     keep = torch.zeros(t, dtype=torch.bool) if keep is None else keep.cpu()
-    units = list(spans)
     s = scores.float().cpu()
-    best = [float(s[a:b].max()) for a, b in units]
+    best = [float(s[a:b].max()) for a, b in spans]
     chosen = [keep.nonzero().view(-1)]
     room = k
-    for j in sorted(range(len(units)), key=best.__getitem__, reverse=True):
-        a, b = units[j]
+    for j in sorted(range(len(spans)), key=best.__getitem__, reverse=True):
+        a, b = spans[j]
         if b - a <= room:
             chosen.append(torch.arange(a, b))
             room -= b - a

@@ -18,7 +18,7 @@ from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.filter import select, select_spans
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
 from sepcli.gemfilter.memory import PeakMemory
-from sepcli.gemfilter.prompt import Prompt, build_prompt
+from sepcli.gemfilter.prompt import MAX_SENTENCE_TOKENS, Prompt, build_prompt
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
 
 
@@ -83,11 +83,12 @@ def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> li
     return plan(prompt, arch.shape_of(model).context_length or None, segment_tokens)
 
 
-def sentence_units(prompt: Prompt, protect: bool) -> list[tuple[int, int]]:
+def sentence_units(prompt: Prompt, protect: bool, topk: int) -> list[tuple[int, int]]:
     """Candidates for ``unit=sentence``: the document's sentences that are not blank (blank
-    lines draw attention like sinks but say nothing), plus, without ``protect``, every
-    template and question token on its own, as the paper lets them compete."""
-    units = prompt.sentences(blank=False)
+    lines draw attention like sinks but say nothing), cut to at most ``topk`` tokens so the
+    best one always fits, plus, without ``protect``, every template and question token on its
+    own, as the paper lets them compete."""
+    units = prompt.sentences(min(MAX_SENTENCE_TOKENS, topk), blank=False)
     if not protect:
         outside = [*range(prompt.doc_start), *range(prompt.doc_end, prompt.n)]
         units += [(i, i + 1) for i in outside]
@@ -100,7 +101,8 @@ def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
     scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
     if cfg.unit == "sentence":
-        indices = select_spans(scores, sentence_units(prompt, cfg.protect), cfg.topk, keep=keep)
+        units = sentence_units(prompt, cfg.protect, cfg.topk)
+        indices = select_spans(scores, units, cfg.topk, keep=keep)
     else:
         indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
     return Selected(prompt, indices, scores, cfg.layer, len(bounds))

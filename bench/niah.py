@@ -79,6 +79,12 @@ def _answer_from_ids(lm, ids: torch.Tensor, max_new: int, case=None) -> str:
     return text
 
 
+def _progress(i: int, row: dict) -> None:
+    """One stderr line per case: its fields, with each method reduced to correct or not."""
+    brief = {k: (v["correct"] if isinstance(v, dict) else v) for k, v in row.items()}
+    print(f"[{i + 1}] {json.dumps(brief)}", file=sys.stderr, flush=True)
+
+
 def _pick(prompt, scores, k: int, unit: str, smooth: int, keep) -> torch.Tensor:
     """Kept prompt positions for one (k, unit): the library's two selection rules."""
     if unit == "sentence":
@@ -209,11 +215,7 @@ def cmd_grid(args, lm) -> None:
                         else sum(p in kept for p in needle_pos) / len(needle_pos),
                     }
         rows.append(row)
-        print(
-            f"[{i + 1}] {json.dumps({k: (v['correct'] if isinstance(v, dict) else v) for k, v in row.items()})}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _progress(i, row)
         _write(
             out_name,
             {
@@ -317,7 +319,7 @@ def cmd_long(args, lm) -> None:
                         "kept": len(kept),
                     }
         if not args.skip_full:
-            fixed = prompt.n - (prompt.doc_end - prompt.doc_start)
+            fixed = prompt.n - prompt.doc_len
             tail_start = prompt.doc_end - (ctx - fixed)
             ids = torch.cat(
                 [prompt.ids[: prompt.doc_start], prompt.ids[tail_start:]]
@@ -326,11 +328,7 @@ def cmd_long(args, lm) -> None:
             inside = sum(p >= tail_start for p in needle_pos) / len(needle_pos)
             row["truncate"] = {"correct": case.is_correct(ans), "answer": ans, "recall": inside}
         rows.append(row)
-        print(
-            f"[{i + 1}] {json.dumps({k: (v['correct'] if isinstance(v, dict) else v) for k, v in row.items()})}",
-            file=sys.stderr,
-            flush=True,
-        )
+        _progress(i, row)
         _write(
             out_name,
             {

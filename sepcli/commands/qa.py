@@ -212,7 +212,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
             why = (
                 f"the prompt is {prompt.n} tokens, over the model's context of {ctx}"
                 if prompt.n > ctx
-                else f"the document is {prompt.doc_end - prompt.doc_start} tokens, over "
+                else f"the document is {prompt.doc_len} tokens, over "
                 f"--segment-tokens {cfg.segment_tokens}"
             )
             err_console.print(f"[dim]{why}: filtering the document in {segments} segments[/]")
@@ -234,7 +234,7 @@ def show_selection(tokenizer, chosen: Selected) -> None:
         )
         last = max(last, e)
     text.append(doc[last:], style="dim")
-    n_doc = prompt.doc_end - prompt.doc_start
+    n_doc = prompt.doc_len
     n_kept = sum(prompt.doc_start <= i < prompt.doc_end for i in kept)
     err_console.rule(f"selected {n_kept} of {n_doc} document tokens (layer {chosen.layer})")
     err_console.print(text)
@@ -357,7 +357,7 @@ def gemfilter(
                     "layer": cfg.layer,
                     "topk": cfg.topk,
                     "prompt_tokens": prompt.n,
-                    "document_tokens": prompt.doc_end - prompt.doc_start,
+                    "document_tokens": prompt.doc_len,
                     "segments": chosen.segments,
                     "indices": [i - prompt.doc_start for i in doc_idx],
                     "scores": [round(float(chosen.scores[i]), 6) for i in doc_idx],

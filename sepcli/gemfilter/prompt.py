@@ -40,6 +40,11 @@ class Prompt:
     def n(self) -> int:
         return int(self.ids.shape[0])
 
+    @property
+    def doc_len(self) -> int:
+        """Document tokens; the other ``n - doc_len`` are the template and the question."""
+        return self.doc_end - self.doc_start
+
     def window(self, window: int | None) -> int:
         """Query window in tokens: ``window``, or for None every token after the document."""
         return max(1, min(self.n, self.n - self.doc_end if window is None else window))

@@ -38,7 +38,7 @@ def plan(
     context and the document is at most ``segment_tokens`` long (None = no such cap).
 
     Raises ContextLimitError when the template and question leave no room for the document."""
-    doc_len = prompt.doc_end - prompt.doc_start
+    doc_len = prompt.doc_len
     budget = doc_len if segment_tokens is None else min(doc_len, segment_tokens)
     if context and prompt.n > context:
         room = context - (prompt.n - doc_len)
@@ -55,7 +55,7 @@ def check_answer_fits(prompt: Prompt, context: int | None, topk: int, protect: b
     """ConfigError unless the answer prompt (kept template/question + k tokens) fits the context."""
     if not context or prompt.n <= context:
         return
-    fixed = prompt.n - (prompt.doc_end - prompt.doc_start) if protect else 0
+    fixed = prompt.n - prompt.doc_len if protect else 0
     if fixed + topk > context:
         raise ConfigError(
             f"--topk {topk} is too large for a document longer than the context: the answer pass "

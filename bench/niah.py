@@ -246,7 +246,12 @@ def cmd_speed(args, lm) -> None:
     for rep in range(args.repeats):
         for method in args.methods.split(","):
             cfg = QAConfig(
-                method=method, layer=layer, topk=args.topk, max_new_tokens=args.max_new_tokens
+                method=method,
+                layer=layer,
+                topk=args.topk,
+                max_new_tokens=args.max_new_tokens,
+                segment_tokens=(args.segment_tokens or None) if method == "gemfilter" else None,
+                unit=args.units.split(",")[0],
             )
             r = answer_text(lm.model, lm.tokenizer, case.document, case.question, cfg)
             runs.append({"rep": rep, **r.as_dict()})
@@ -259,6 +264,8 @@ def cmd_speed(args, lm) -> None:
             "length": length,
             "layer": layer,
             "topk": args.topk,
+            "segment_tokens": args.segment_tokens or "fit",
+            "unit": args.units.split(",")[0],
             "runs": runs,
         },
     )
@@ -423,7 +430,17 @@ def main() -> None:
     p.add_argument(
         "--segment-sizes", default="0", help="long: document tokens per filter pass (0 = fit)"
     )
-    p.add_argument("--units", default="token", help="grid, long: token,sentence (what top-k keeps)")
+    p.add_argument(
+        "--units",
+        default="token",
+        help="grid, long: token,sentence (what top-k keeps); speed: the first",
+    )
+    p.add_argument(
+        "--segment-tokens",
+        type=int,
+        default=0,
+        help="speed: gemfilter's --segment-tokens (0 = fit)",
+    )
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")

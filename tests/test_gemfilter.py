@@ -8,6 +8,7 @@ import torch
 
 from sepcli.errors import ConfigError, ContextLimitError, InputError
 from sepcli.gemfilter import calibrate as cal
+from sepcli.gemfilter import pipeline
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.filter import (
     filter_scores,
@@ -17,7 +18,7 @@ from sepcli.gemfilter.filter import (
     smooth_scores,
 )
 from sepcli.gemfilter.needles import NEEDLES, make_case
-from sepcli.gemfilter.pipeline import answer_text
+from sepcli.gemfilter.pipeline import Result, answer_text, prepare, run_qa
 from sepcli.gemfilter.prompt import build_prompt
 from sepcli.gemfilter.segments import plan, segment_bounds, split_scores
 
@@ -272,6 +273,25 @@ def test_one_segment_is_the_plain_filter_pass(tiny_llama, tokenizer):
     torch.testing.assert_close(
         split_scores(model, prompt, 2, w, plan(prompt, 512)), filter_scores(model, prompt.ids, 2, w)
     )
+
+
+def test_a_prompt_built_beforehand_is_not_built_again(tiny_llama, tokenizer, monkeypatch):
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=5)
+    doc = "The cat sat on the mat. The dog slept by the door. Rain fell all night."
+    q = "Where did the dog sleep?"
+    cfg = QAConfig(layer=1, topk=6, max_new_tokens=6, unit="token")
+    plain = answer_text(model, tokenizer, doc, q, cfg)
+    prompt = prepare(model, tokenizer, doc, q, cfg)
+    built = []
+    real = pipeline.build_prompt
+    monkeypatch.setattr(pipeline, "build_prompt", lambda *a: built.append(a) or real(*a))
+    events = list(run_qa(model, tokenizer, doc, q, cfg, prompt))
+    assert built == []
+    reused = events[-1]
+    assert isinstance(reused, Result) and reused.ttft_s >= prompt.build_s > 0
+    assert (reused.answer, reused.selected_tokens) == (plain.answer, plain.selected_tokens)
+    list(run_qa(model, tokenizer, doc, q, cfg))  # without it, the prompt is built
+    assert len(built) == 1
 
 
 def test_a_document_over_the_context_is_filtered_in_segments_and_answered(tiny_llama, tokenizer):

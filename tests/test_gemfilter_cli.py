@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from sepcli.cli import app
+from sepcli.commands.qa import shown_ranges
 from tests.conftest import build_tiny_llama
 
 runner = CliRunner()
@@ -303,3 +305,70 @@ def test_gemfilter_sentence_unit_prints_whole_sentences(tiny_dir):
     parts = [x for p in pieces for x in p.replace(". ", ".\n").splitlines()]  # adjacent runs join
     assert parts and all(x in sentences for x in parts), pieces
     assert sum(len(x.split()) for x in parts) < len(DOC.split())  # a real selection
+
+
+def _naive_shown(kept, n, context, min_gap):
+    """Token by token: near a kept token, or in a short stretch between shown tokens or ends."""
+    if not kept:
+        return []
+    shown = [any(abs(i - k) <= context for k in kept) for i in range(n)]
+    i = 0
+    while i < n:
+        if shown[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and not shown[j]:
+            j += 1
+        if j - i < min_gap:
+            shown[i:j] = [True] * (j - i)
+        i = j
+    runs, i = [], 0
+    while i < n:
+        if shown[i]:
+            j = i
+            while j < n and shown[j]:
+                j += 1
+            runs.append((i, j))
+            i = j
+        else:
+            i += 1
+    return runs
+
+
+def test_show_elides_long_stretches_like_a_naive_token_walk():
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        n = int(torch.randint(1, 400, (1,), generator=gen))
+        m = int(torch.randint(0, min(n, 12) + 1, (1,), generator=gen))
+        kept = sorted(torch.randperm(n, generator=gen)[:m].tolist())
+        ctx, gap = (
+            int(torch.randint(0, 20, (1,), generator=gen)),
+            int(torch.randint(1, 60, (1,), generator=gen)),
+        )
+        assert shown_ranges(kept, n, ctx, gap) == _naive_shown(kept, n, ctx, gap), (kept, n)
+
+
+def test_show_on_a_long_document_prints_the_kept_parts_not_the_whole(tiny_dir, tmp_path):
+    words = " ".join(f"w{i}." for i in range(700))
+    path = tmp_path / "long.txt"
+    path.write_text(words)
+    r = invoke(
+        "ask",
+        str(path),
+        "Which word?",
+        "-m",
+        tiny_dir,
+        "--layer",
+        "1",
+        "--topk",
+        "6",
+        "--unit",
+        "token",
+        "--max-new-tokens",
+        "2",
+        "--show",
+    )
+    assert r.exit_code == 0, r.output
+    assert "tokens ...]" in r.stderr and "selected 6 of" in r.stderr
+    assert len(r.stderr) < len(words) / 2

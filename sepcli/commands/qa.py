@@ -219,24 +219,58 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     return lm, prompt, cfg
 
 
+SHOW_CONTEXT = 16  # --show: document tokens printed either side of each kept run
+SHOW_MIN_GAP = 48  # --show: a shorter stretch between shown parts is printed, not elided
+
+
+def shown_ranges(kept: list[int], n: int, context: int, min_gap: int) -> list[tuple[int, int]]:
+    """Token ranges [start, end) of an ``n``-token document that ``--show`` prints: every kept
+    token (sorted ``kept``) with ``context`` tokens either side; stretches of fewer than
+    ``min_gap`` tokens between them (or at either end) are printed too, longer ones elided."""
+    ranges: list[tuple[int, int]] = []
+    for i in kept:
+        s, e = max(0, i - context), min(n, i + 1 + context)
+        if ranges and s - ranges[-1][1] < min_gap:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], e))
+        else:
+            ranges.append((s, e))
+    if ranges and ranges[0][0] < min_gap:
+        ranges[0] = (0, ranges[0][1])
+    if ranges and n - ranges[-1][1] < min_gap:
+        ranges[-1] = (ranges[-1][0], n)
+    return ranges
+
+
 def show_selection(tokenizer, chosen: Selected) -> None:
-    """Render the document to stderr with the selected tokens highlighted."""
+    """Render the document to stderr with the selected tokens highlighted; long stretches with
+    nothing selected are elided to one line that says how many tokens they hold."""
     prompt = chosen.prompt
-    kept = set(chosen.indices.tolist())
+    kept = sorted(
+        i - prompt.doc_start
+        for i in chosen.indices.tolist()
+        if prompt.doc_start <= i < prompt.doc_end
+    )
+    keep = set(kept)
+    doc, offsets, n_doc = prompt.document, prompt.doc_offsets, prompt.doc_len
     text = Text()
-    doc = prompt.document
-    last = 0
-    for i, (s, e) in enumerate(prompt.doc_offsets):
-        if s > last:
-            text.append(doc[last:s], style="dim")
-        text.append(
-            doc[s:e], style="bold black on yellow" if prompt.doc_start + i in kept else "dim"
-        )
-        last = max(last, e)
-    text.append(doc[last:], style="dim")
-    n_doc = prompt.doc_len
-    n_kept = sum(prompt.doc_start <= i < prompt.doc_end for i in kept)
-    err_console.rule(f"selected {n_kept} of {n_doc} document tokens (layer {chosen.layer})")
+    last_tok = 0
+    for start, end in shown_ranges(kept, n_doc, SHOW_CONTEXT, SHOW_MIN_GAP):
+        if start > last_tok:
+            lead = "\n" if start > 0 else ""
+            text.append(f"{lead}[... {start - last_tok} tokens ...]\n", style="italic cyan")
+        last = offsets[start][0]
+        for i in range(start, end):
+            s, e = offsets[i]
+            if s > last:
+                text.append(doc[last:s], style="dim")
+            text.append(doc[s:e], style="bold black on yellow" if i in keep else "dim")
+            last = max(last, e)
+        if end == n_doc:
+            text.append(doc[last:], style="dim")
+        last_tok = end
+    if last_tok < n_doc:
+        text.append(f"\n[... {n_doc - last_tok} tokens ...]", style="italic cyan")
+    err_console.rule(f"selected {len(kept)} of {n_doc} document tokens (layer {chosen.layer})")
     err_console.print(text)
     err_console.rule()
 
@@ -285,7 +319,7 @@ def ask(
         seed=seed,
     )
     lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
-    for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg):
+    for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt):
         if isinstance(event, Selected) and show:
             show_selection(lm.tokenizer, event)
         elif isinstance(event, Piece) and not json_out:

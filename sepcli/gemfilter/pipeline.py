@@ -109,14 +109,20 @@ def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
 
 
 def run_qa(
-    model, tokenizer, document: str, question: str, cfg: QAConfig
+    model, tokenizer, document: str, question: str, cfg: QAConfig, prompt: Prompt | None = None
 ) -> Iterator[Selected | Piece | Result]:
     """Yield ``Selected`` (gemfilter only), then ``Piece``s of the answer, then one ``Result``.
 
-    ``ttft_s`` runs from the call (prompt building included) to the first answer token.
+    ``prompt``: what :func:`prepare` returned for these arguments, so a caller that checked the
+    prompt first does not tokenize the document twice.
+    ``ttft_s`` runs from the call to the first answer token, with prompt building included
+    (also when the prompt was built before the call).
     """
     t0 = time.perf_counter()
-    prompt = prepare(model, tokenizer, document, question, cfg)
+    if prompt is None:
+        prompt = prepare(model, tokenizer, document, question, cfg)
+    else:
+        t0 -= prompt.build_s
     device = next(model.parameters()).device
     pieces: list[str] = []
     ttft = None

@@ -8,7 +8,8 @@ the document's char offsets per token are kept for highlighting and needle bookk
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import torch
 
@@ -28,6 +29,7 @@ class Prompt:
 
     ids: [n] int64. Document tokens are ids[doc_start:doc_end].
     doc_offsets: (start, end) char offsets into ``document`` for each document token.
+    build_s: seconds spent building it (tokenizing); part of a run's time to first token.
     """
 
     ids: torch.Tensor
@@ -35,6 +37,7 @@ class Prompt:
     doc_end: int
     document: str
     doc_offsets: list[tuple[int, int]]
+    build_s: float = field(default=0.0, compare=False)
 
     @property
     def n(self) -> int:
@@ -110,6 +113,7 @@ def build_prompt(
         raise InputError("the document is empty")
     if not question.strip():
         raise InputError("the question is empty")
+    t0 = time.perf_counter()
     head, tail = _template_text(tokenizer, question.strip()).split(_SLOT)
     enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
     doc_ids = enc["input_ids"]
@@ -128,4 +132,5 @@ def build_prompt(
         doc_end=len(head_ids) + len(doc_ids),
         document=document,
         doc_offsets=offsets,
+        build_s=time.perf_counter() - t0,
     )

@@ -5,6 +5,7 @@ the heatmap to docs/.
     python bench/niah.py calibrate            # accuracy per filter layer (also stores the choice)
     python bench/niah.py grid                 # full vs gemfilter k=256/512/1024 over lengths x depths x needles
     python bench/niah.py speed                # TTFT + peak memory, gemfilter vs full, one run
+    python bench/niah.py ttft                 # the same, each variant in a fresh process, ratios vs full
     python bench/niah.py plot                 # heatmap PNG from the grid results
     python bench/niah.py long                 # documents 1.5-8x the context: split GemFilter vs truncation
 
@@ -18,7 +19,10 @@ import argparse
 import json
 import os
 import platform
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -271,6 +275,72 @@ def cmd_speed(args, lm) -> None:
     )
 
 
+def cmd_ttft(args, lm=None) -> None:
+    """TTFT and peak memory of several variants side by side, each run in its own fresh process
+    (on CPU the peak is RSS growth, and glibc keeps freed memory, so runs sharing a process
+    distort each other), ``--rounds`` times in turn; prints the medians as ratios to ``full``.
+    A variant is ``full`` or ``gemfilter/K/UNIT/SEGMENT_TOKENS`` (0 = as many as fit)."""
+    variants = args.variants.split(",")
+    if variants[0] != "full":
+        raise SystemExit("--variants must start with full (the baseline of the ratios)")
+    runs: dict[str, list[dict]] = {v: [] for v in variants}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rnd in range(args.rounds):
+            for v in variants:
+                method, *rest = v.split("/")
+                k, unit, seg = rest if rest else (args.topk, "token", 0)
+                out = Path(tmp) / f"{rnd}-{len(runs[v])}-{method}.json"
+                cmd = [sys.executable, __file__, "speed", "--model", args.model]
+                cmd += ["--threads", str(args.threads), "--methods", method, "--repeats", "1"]
+                cmd += ["--topk", str(k), "--units", unit, "--segment-tokens", str(seg)]
+                cmd += ["--max-new-tokens", str(args.max_new_tokens), "--out", str(out)]
+                cmd += [] if args.layer is None else ["--layer", str(args.layer)]
+                cmd += [] if args.length is None else ["--length", str(args.length)]
+                subprocess.run(cmd, check=True, stderr=subprocess.DEVNULL)
+                res = json.loads(out.read_text())
+                runs[v].append({"round": rnd, **res["runs"][0]})
+                r = runs[v][-1]
+                print(
+                    f"round {rnd} {v}: ttft {r['ttft_s']:.2f} s, peak {r['peak_mem_bytes'] / 2**20:.1f} MiB, "
+                    f"{r['answer']!r}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+    base_t = statistics.median(r["ttft_s"] for r in runs["full"])
+    base_m = statistics.median(r["peak_mem_bytes"] for r in runs["full"])
+    summary = []
+    print("| variant | TTFT median (s) | vs full | peak growth median (MiB) | vs full | kept |")
+    print("|---|---|---|---|---|---|")
+    for v, rs in runs.items():
+        t = statistics.median(r["ttft_s"] for r in rs)
+        m = statistics.median(r["peak_mem_bytes"] for r in rs)
+        row = {
+            "variant": v,
+            "ttft_s": t,
+            "speedup": base_t / t,
+            "peak_mem_bytes": m,
+            "mem_ratio": m / base_m,
+            "selected_tokens": rs[0]["selected_tokens"],
+            "segments": rs[0]["segments"],
+        }
+        summary.append(row)
+        print(
+            f"| {v} | {t:.2f} | {row['speedup']:.2f}x faster | {m / 2**20:.1f} | "
+            f"{row['mem_ratio']:.2f}x | {row['selected_tokens']} |"
+        )
+    _write(
+        args.out or "niah-ttft.json",
+        {
+            "command": "python bench/niah.py ttft " + " ".join(sys.argv[2:]),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "threads": args.threads,
+            "summary": summary,
+            "runs": runs,
+        },
+    )
+
+
 def cmd_long(args, lm) -> None:
     """Documents longer than the context. GemFilter filters them segment by segment (one pass
     per segment serves every k); the baseline a user has without it is to cut the document to
@@ -403,7 +473,7 @@ def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("what", choices=["calibrate", "grid", "speed", "plot", "long"])
+    p.add_argument("what", choices=["calibrate", "grid", "speed", "ttft", "plot", "long"])
     p.add_argument("--model", default="smollm2")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
@@ -441,6 +511,12 @@ def main() -> None:
         default=0,
         help="speed: gemfilter's --segment-tokens (0 = fit)",
     )
+    p.add_argument(
+        "--variants",
+        default="full,gemfilter/1024/sentence/0,gemfilter/1024/sentence/2048",
+        help="ttft: full,gemfilter/K/UNIT/SEGMENT_TOKENS,... (full first: the baseline)",
+    )
+    p.add_argument("--rounds", type=int, default=2, help="ttft: runs of every variant, in turn")
     p.add_argument("--plot", action="store_true")
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
@@ -454,6 +530,8 @@ def main() -> None:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if args.what == "plot":
         return cmd_plot(args)
+    if args.what == "ttft":
+        return cmd_ttft(args)
     lm = load_model(args.model)
     commands = {"calibrate": cmd_calibrate, "grid": cmd_grid, "speed": cmd_speed, "long": cmd_long}
     commands[args.what](args, lm)

@@ -102,15 +102,16 @@ def cmd_calibrate(args, lm) -> None:
     cases = cal.calibration_cases(lm.tokenizer, shape_ctx, lengths=lengths, needles=args.needles)
     curve = None
     window = None if args.window == "question" else int(args.window)
+    unit = args.units.split(",")[0]
     scored = cal.measure(
-        lm.model, lm.tokenizer, cases, topk=args.topk, window=window, smooth=args.smooth
+        lm.model, lm.tokenizer, cases, topk=args.topk, window=window, smooth=args.smooth, unit=unit
     )
     for ev in scored:
         if isinstance(ev, cal.Progress):
             print(f"case {ev.done}/{ev.total}", file=sys.stderr, flush=True)
         else:
             curve = ev
-    path = cal.save(lm.name, lm.source, curve)
+    path = None if args.no_save else cal.save(lm.name, lm.source, curve)
     _write(
         args.out or "niah-calibration.json",
         {
@@ -120,11 +121,12 @@ def cmd_calibrate(args, lm) -> None:
             "depths": list(cal.DEFAULT_DEPTHS),
             "needles": args.needles,
             "topk": curve.topk,
+            "unit": unit,
             "cases": curve.cases,
             "chosen_layer": curve.best(),
             "accuracy": [curve.accuracy(r) for r in range(curve.layers)],
             "recall": [curve.recall(r) for r in range(curve.layers)],
-            "stored_at": str(path),
+            "stored_at": str(path) if path else None,
         },
     )
     if args.plot:
@@ -503,7 +505,7 @@ def main() -> None:
     p.add_argument(
         "--units",
         default="token",
-        help="grid, long: token,sentence (what top-k keeps); speed: the first",
+        help="grid, long: token,sentence (what top-k keeps); speed, calibrate: the first",
     )
     p.add_argument(
         "--segment-tokens",
@@ -518,6 +520,11 @@ def main() -> None:
     )
     p.add_argument("--rounds", type=int, default=2, help="ttft: runs of every variant, in turn")
     p.add_argument("--plot", action="store_true")
+    p.add_argument(
+        "--no-save",
+        action="store_true",
+        help="calibrate: do not store the choice in the user cache",
+    )
     p.add_argument("--window", default="question", help="'question' or a number of last tokens")
     p.add_argument("--smooth", type=int, default=1, help="calibration score smoothing width")
     p.add_argument(

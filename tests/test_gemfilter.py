@@ -3,6 +3,8 @@ prompt layout, and the k >= n equivalence with full attention (tiny seeded Llama
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -202,6 +204,27 @@ def test_auto_layer_prefers_calibration_then_measured_then_fallback(
     curve = list(cal.measure(model, tokenizer, cases, topk=32))[-1]
     cal.save("shipped", "/x/s", curve)
     assert cal.auto_layer(model, "shipped", "/x/s") == (curve.best(), "calibrated")
+
+
+def test_calibration_by_whole_sentences(tiny_llama, tokenizer, tmp_path, monkeypatch):
+    """A sentence hit needs every needle token kept: with k over the document every layer hits;
+    with k below the needle's length none can. The stored record says which rule judged."""
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=4, max_positions=512)
+    monkeypatch.setenv("SEPCLI_CACHE_DIR", str(tmp_path))
+    cases = cal.calibration_cases(tokenizer, 512, lengths=[120, 200], depths=(0.2, 0.8), needles=2)
+    every = list(cal.measure(model, tokenizer, cases, topk=400, unit="sentence"))[-1]
+    assert every.hits == [len(cases)] * 3 and all(every.recall(r) == 1.0 for r in range(3))
+    shortest = min(
+        len(build_prompt(tokenizer, c.document, c.question).tokens_of_chars(*c.needle_chars))
+        for c in cases
+    )
+    none = list(cal.measure(model, tokenizer, cases, topk=shortest - 1, unit="sentence"))[-1]
+    assert none.hits == [0, 0, 0] and none.unit == "sentence"
+    assert max(none.recall(r) for r in range(3)) > 0  # a cut sentence still counts as recall
+    record = json.loads(cal.save("tiny", "/x/tiny", none).read_text())
+    assert record["unit"] == "sentence"
+    with pytest.raises(ConfigError, match="--unit must be one of"):
+        list(cal.measure(model, tokenizer, cases, topk=8, unit="word"))
 
 
 def test_segment_bounds_are_the_fewest_equal_pieces_within_budget():

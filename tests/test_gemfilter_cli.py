@@ -171,6 +171,7 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         (["gemfilter", "{doc}", "q", "--window", "all"], "--window must be 'question'"),
         (["gemfilter", "{doc}", "q", "--segment-tokens", "-3"], "--segment-tokens must be > 0"),
         (["ask", "{doc}", "q", "--unit", "word"], "--unit must be one of"),
+        (["calibrate", "--unit", "word"], "--unit must be one of"),
     ],
 )
 def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle):

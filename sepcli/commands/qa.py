@@ -32,6 +32,7 @@ from sepcli.gemfilter.config import (
     DEFAULT_TOPK,
     DEFAULT_UNIT,
     QAConfig,
+    check_unit,
 )
 from sepcli.gemfilter.pipeline import (
     Piece,
@@ -413,6 +414,14 @@ def calibrate(
         int, typer.Option("--needles", help="How many different needles (1-6).")
     ] = cal.DEFAULT_NEEDLE_COUNT,
     window: WindowOpt = "question",
+    unit: Annotated[
+        str,
+        typer.Option(
+            "--unit",
+            help="What counts as found: 'token' (half the needle's tokens in the top-k) or "
+            "'sentence' (whole-sentence selection keeps all of the needle).",
+        ),
+    ] = "token",
     lengths: Annotated[
         str,
         typer.Option(
@@ -431,6 +440,7 @@ def calibrate(
     over the bundled essays; print accuracy per layer and store the choice for --layer auto."""
     if topk <= 0:
         raise ConfigError(f"--topk must be > 0, got {topk}")
+    unit = check_unit(unit.strip().lower())
     win = parse_window(window)
     try:
         lens = [int(x) for x in lengths.split(",") if x.strip()] if lengths.strip() else None
@@ -444,7 +454,7 @@ def calibrate(
     cases = cal.calibration_cases(lm.tokenizer, ctx, lengths=lens, needles=needles)
     curve = None
     with err_console.status("calibrating ...") as status:
-        for ev in cal.measure(lm.model, lm.tokenizer, cases, topk=topk, window=win):
+        for ev in cal.measure(lm.model, lm.tokenizer, cases, topk=topk, window=win, unit=unit):
             if isinstance(ev, cal.Progress):
                 status.update(f"calibrating: case {ev.done}/{ev.total}")
             else:
@@ -459,6 +469,7 @@ def calibrate(
                     "layer": best,
                     "layer_numbering": "0-based",
                     "topk": topk,
+                    "unit": curve.unit,
                     "cases": curve.cases,
                     "accuracy": [curve.accuracy(r) for r in range(curve.layers)],
                     "recall": [curve.recall(r) for r in range(curve.layers)],
@@ -467,7 +478,8 @@ def calibrate(
             )
         )
         return
-    table = Table(title=f"{lm.name}: needle found in top-{topk} ({curve.cases} cases)")
+    found = "whole needle kept" if unit == "sentence" else "needle found"
+    table = Table(title=f"{lm.name}: {found} in top-{topk} {unit}s ({curve.cases} cases)")
     table.add_column("layer", justify="right")
     table.add_column("accuracy", justify="right")
     table.add_column("recall", justify="right")

@@ -1,9 +1,11 @@
 """Find a model's filter layer by measurement, store it per model, and resolve ``--layer auto``.
 
 For each synthetic needle case the stack runs once; at every layer the query window's scores are
-taken (one pass gives all layers, see :func:`filter.layer_scores`). A case is a hit at layer r
-when at least half of the needle's tokens are among the top-k document tokens. The chosen
-layer maximises (hit rate, mean needle recall), preferring the earlier (cheaper) layer on ties.
+taken (one pass gives all layers, see :func:`filter.layer_scores`). With ``unit="token"`` (the
+default) a case is a hit at layer r when at least half of the needle's tokens are among the
+top-k document tokens; with ``unit="sentence"`` when whole-sentence selection (what ``ask``
+keeps by default) keeps every token of the needle. The chosen layer maximises (hit rate, mean
+needle recall), preferring the earlier (cheaper) layer on ties.
 
 Without a stored calibration, ``--layer auto`` uses the layer we measured for a model we ship
 (:data:`MEASURED_LAYERS`: the embedded SmolLM2-135M-Instruct), else ``round(0.4 * layers)``
@@ -26,9 +28,10 @@ import torch
 
 from sepcli import arch
 from sepcli.errors import ConfigError
-from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW
-from sepcli.gemfilter.filter import layer_scores, smooth_scores
+from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW, check_unit
+from sepcli.gemfilter.filter import layer_scores, select_spans, smooth_scores
 from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
+from sepcli.gemfilter.pipeline import sentence_units
 from sepcli.gemfilter.prompt import build_prompt
 from sepcli.models import cache_dir
 
@@ -59,6 +62,7 @@ class Curve:
     layers: int
     topk: int
     window: int | None = DEFAULT_WINDOW
+    unit: str = "token"
     cases: int = 0
     hits: list[int] = field(default_factory=list)
     recall_sum: list[float] = field(default_factory=list)
@@ -85,10 +89,21 @@ class Progress:
     total: int
 
 
-def needle_recall(case: NeedleCase, prompt, scores: torch.Tensor, topk: int, smooth: int) -> float:
-    """Fraction of the needle's tokens among the top-k document tokens ([T] scores)."""
-    doc = smooth_scores(scores.float(), smooth)[prompt.doc_start : prompt.doc_end]
-    top = set((doc.topk(min(topk, doc.numel())).indices + prompt.doc_start).tolist())
+def needle_recall(
+    case: NeedleCase,
+    prompt,
+    scores: torch.Tensor,
+    topk: int,
+    smooth: int,
+    sentences: list[tuple[int, int]] | None = None,
+) -> float:
+    """Fraction of the needle's tokens among the top-k document tokens ([T] scores), or, given
+    the document's ``sentences``, among the tokens of the whole sentences selected for k."""
+    if sentences is None:
+        doc = smooth_scores(scores.float(), smooth)[prompt.doc_start : prompt.doc_end]
+        top = set((doc.topk(min(topk, doc.numel())).indices + prompt.doc_start).tolist())
+    else:
+        top = set(select_spans(scores, sentences, topk).tolist())
     needle = prompt.tokens_of_chars(*case.needle_chars)
     return sum(i in top for i in needle) / max(1, len(needle))
 
@@ -100,21 +115,28 @@ def measure(
     topk: int = DEFAULT_CALIBRATION_TOPK,
     smooth: int = DEFAULT_SMOOTH,
     window: int | None = DEFAULT_WINDOW,
+    unit: str = "token",
 ) -> Iterator[Progress | Curve]:
-    """Yield Progress after each case, then the Curve (``window`` as in QAConfig)."""
+    """Yield Progress after each case, then the Curve (``window`` as in QAConfig; ``unit``
+    decides what counts as found, see the module docstring)."""
     if topk <= 0:
         raise ConfigError(f"--topk must be > 0, got {topk}")
+    check_unit(unit)
     shape = arch.shape_of(model)
     device = next(model.parameters()).device
-    curve = Curve(layers=shape.layers, topk=topk, window=window)
+    curve = Curve(layers=shape.layers, topk=topk, window=window, unit=unit)
+    hit = HIT_RECALL if unit == "token" else 1.0
     for i, case in enumerate(cases):
         prompt = build_prompt(tokenizer, case.document, case.question, shape.context_length or None)
+        sentences = None
+        if unit == "sentence":
+            sentences = sentence_units(prompt, True, topk)
         ids = prompt.ids.to(device).unsqueeze(0)
         scored = layer_scores(model, ids, range(shape.layers), prompt.window(window))
         for layer, scores in scored:
-            r = needle_recall(case, prompt, scores[0].cpu(), topk, smooth)
+            r = needle_recall(case, prompt, scores[0].cpu(), topk, smooth, sentences)
             curve.recall_sum[layer] += r
-            curve.hits[layer] += r >= HIT_RECALL
+            curve.hits[layer] += r >= hit
         curve.cases += 1
         yield Progress(i + 1, len(cases))
     yield curve
@@ -154,6 +176,7 @@ def save(model_name: str, model_source: str, curve: Curve, extra: dict | None = 
         "layer_numbering": "0-based",
         "topk": curve.topk,
         "window": "question" if curve.window is None else curve.window,
+        "unit": curve.unit,
         "cases": curve.cases,
         "accuracy": [round(curve.accuracy(r), 4) for r in range(curve.layers)],
         "recall": [round(curve.recall(r), 4) for r in range(curve.layers)],

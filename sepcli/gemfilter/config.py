@@ -23,6 +23,13 @@ DEFAULT_SPLIT = True  # filter a document longer than the context in segments th
 DEFAULT_UNIT = "sentence"  # whole sentences: 24/36 needles answered vs 13/36 (docs/gemfilter.md)
 
 
+def check_unit(unit: str) -> str:
+    """``unit`` if it is one of :data:`UNITS`, else ConfigError."""
+    if unit not in UNITS:
+        raise ConfigError(f"--unit must be one of {', '.join(UNITS)}, got {unit!r}")
+    return unit
+
+
 @dataclass(frozen=True)
 class QAConfig:
     """One question over one document.
@@ -76,8 +83,7 @@ class QAConfig:
             raise ConfigError(f"--segment-tokens must be > 0, got {self.segment_tokens}")
         if self.segment_tokens is not None and not self.split:
             raise ConfigError("--segment-tokens needs --split")
-        if self.unit not in UNITS:
-            raise ConfigError(f"--unit must be one of {', '.join(UNITS)}, got {self.unit!r}")
+        check_unit(self.unit)
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         if not self.temperature >= 0.0:  # also rejects NaN

@@ -297,7 +297,11 @@ def ask(
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature).")] = 0,
     show: Annotated[
         bool,
-        typer.Option("--show", help="Show the document with selected tokens highlighted (stderr)."),
+        typer.Option(
+            "--show",
+            help="Show the document with selected tokens highlighted (stderr; long stretches "
+            "with nothing selected are elided).",
+        ),
     ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -352,7 +356,11 @@ def gemfilter(
         str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
     ] = " … ",
     show: Annotated[
-        bool, typer.Option("--show", help="Also show the highlighted document (stderr).")
+        bool,
+        typer.Option(
+            "--show",
+            help="Also show the highlighted document (stderr; unselected stretches elided).",
+        ),
     ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",

@@ -242,7 +242,7 @@ def shown_ranges(kept: list[int], n: int, context: int, min_gap: int) -> list[tu
     return ranges
 
 
-def show_selection(tokenizer, chosen: Selected) -> None:
+def show_selection(chosen: Selected) -> None:
     """Render the document to stderr with the selected tokens highlighted; long stretches with
     nothing selected are elided to one line that says how many tokens they hold."""
     prompt = chosen.prompt
@@ -326,7 +326,7 @@ def ask(
     lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
     for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt):
         if isinstance(event, Selected) and show:
-            show_selection(lm.tokenizer, event)
+            show_selection(event)
         elif isinstance(event, Piece) and not json_out:
             typer.echo(event.text, nl=False)
             sys.stdout.flush()
@@ -382,7 +382,7 @@ def gemfilter(
     lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
     chosen = select_tokens(lm.model, prompt, cfg)
     if show:
-        show_selection(lm.tokenizer, chosen)
+        show_selection(chosen)
     doc_idx = [i for i in chosen.indices.tolist() if prompt.doc_start <= i < prompt.doc_end]
     runs: list[list[int]] = []
     for i in doc_idx:

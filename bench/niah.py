@@ -96,6 +96,38 @@ def _pick(prompt, scores, k: int, unit: str, smooth: int, keep) -> torch.Tensor:
     return select(scores, k, smooth=smooth, keep=keep)
 
 
+def _judge(lm, case, prompt, idx: torch.Tensor, needle_pos, max_new: int) -> dict:
+    """Answer from the kept positions; correct, answer, needle recall, tokens kept."""
+    kept = set(idx.tolist())
+    ans = _answer_from_ids(lm, prompt.ids[idx], max_new, case)
+    return {
+        "correct": case.is_correct(ans),
+        "answer": ans,
+        "recall": sum(p in kept for p in needle_pos) / len(needle_pos),
+        "kept": len(kept),
+    }
+
+
+def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int, keep):
+    """A second filter round over split scores. Round 1 keeps whole sentences worth ``factor * k``
+    tokens by their segment scores. Round 2 runs one filter pass over the template, those
+    sentences and the question, so every candidate is scored in one softmax, and keeps k
+    tokens of whole sentences by those scores. Returns (kept positions, round-2 seconds)."""
+    t0 = time.perf_counter()
+    first = _pick(prompt, scores, factor * k, "sentence", 1, keep)
+    device = next(lm.model.parameters()).device
+    ((_, again),) = list(
+        layer_scores(lm.model, prompt.ids[first][None].to(device), [layer], window)
+    )
+    rescored = torch.full((prompt.n,), float("-inf"))
+    rescored[first] = again[0].float().cpu()
+    inside = set(first.tolist())
+    units = [
+        (a, b) for a, b in sentence_units(prompt, True, k) if all(i in inside for i in range(a, b))
+    ]
+    return select_spans(rescored, units, k, keep=keep), time.perf_counter() - t0
+
+
 def cmd_calibrate(args, lm) -> None:
     shape_ctx = lm.model.config.max_position_embeddings
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
@@ -362,6 +394,7 @@ def cmd_long(args, lm) -> None:
     ks = [int(k) for k in args.topks.split(",")]
     sizes = [int(x) or None for x in args.segment_sizes.split(",")]  # 0 = all that fit
     units = args.units.split(",")
+    factors = [int(x) for x in args.two_round.split(",") if x.strip()]
     rows = []
     out_name = args.out or "niah-long.json"
     device = next(lm.model.parameters()).device
@@ -388,15 +421,15 @@ def cmd_long(args, lm) -> None:
             for k in ks:
                 for unit in units:
                     idx = _pick(prompt, scores, k, unit, cfg.smooth, keep)
-                    kept = set(idx.tolist())
-                    ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
                     name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
-                    row[name] = {
-                        "correct": case.is_correct(ans),
-                        "answer": ans,
-                        "recall": sum(p in kept for p in needle_pos) / len(needle_pos),
-                        "kept": len(kept),
-                    }
+                    row[name] = _judge(lm, case, prompt, idx, needle_pos, args.max_new_tokens)
+                for factor in factors if len(bounds) > 1 else []:
+                    idx, spent = _two_round(
+                        lm, prompt, scores, layer, prompt.window(cfg.window), k, factor, keep
+                    )
+                    name = f"gemfilter{k}{tag}-2r{factor}"
+                    row[name] = _judge(lm, case, prompt, idx, needle_pos, args.max_new_tokens)
+                    row[name]["round2_s"] = spent
         if not args.skip_full:
             fixed = prompt.n - prompt.doc_len
             tail_start = prompt.doc_end - (ctx - fixed)
@@ -418,6 +451,7 @@ def cmd_long(args, lm) -> None:
                 "smooth": cfg.smooth,
                 "topks": ks,
                 "segment_sizes": [s or "fit" for s in sizes],
+                "two_round_factors": factors,
                 "units": units,
                 "lengths": lengths,
                 "depths": depths,
@@ -520,6 +554,11 @@ def main() -> None:
     )
     p.add_argument("--rounds", type=int, default=2, help="ttft: runs of every variant, in turn")
     p.add_argument("--plot", action="store_true")
+    p.add_argument(
+        "--two-round",
+        default="",
+        help="long: also a second filter round over whole sentences worth F*k tokens (F list)",
+    )
     p.add_argument(
         "--no-save",
         action="store_true",

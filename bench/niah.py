@@ -39,6 +39,7 @@ from sepcli.gemfilter.memory import PeakMemory  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
 from sepcli.gemfilter.pipeline import (  # noqa: E402
     answer_text,
+    pick,
     prepare,
     segments_for,
     sentence_units,
@@ -89,13 +90,6 @@ def _progress(i: int, row: dict) -> None:
     print(f"[{i + 1}] {json.dumps(brief)}", file=sys.stderr, flush=True)
 
 
-def _pick(prompt, scores, k: int, unit: str, smooth: int, keep) -> torch.Tensor:
-    """Kept prompt positions for one (k, unit): the library's two selection rules."""
-    if unit == "sentence":
-        return select_spans(scores, sentence_units(prompt, keep is not None, k), k, keep=keep)
-    return select(scores, k, smooth=smooth, keep=keep)
-
-
 def _judge(lm, case, prompt, idx: torch.Tensor, needle_pos, max_new: int) -> dict:
     """Answer from the kept positions; correct, answer, needle recall, tokens kept."""
     kept = set(idx.tolist())
@@ -114,7 +108,7 @@ def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int,
     sentences and the question, so every candidate is scored in one softmax, and keeps k
     tokens of whole sentences by those scores. Returns (kept positions, round-2 seconds)."""
     t0 = time.perf_counter()
-    first = _pick(prompt, scores, factor * k, "sentence", 1, keep)
+    first = pick(prompt, scores, factor * k, "sentence", 1, keep)
     device = next(lm.model.parameters()).device
     ((_, again),) = list(
         layer_scores(lm.model, prompt.ids[first][None].to(device), [layer], window)
@@ -240,7 +234,7 @@ def cmd_grid(args, lm) -> None:
                     ) / len(needle_pos)
                 for unit in units:
                     keep = ~doc_mask if cfg.protect else None
-                    idx = _pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
                     ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
                     name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
                     name += "" if len(units) == 1 else f"-{unit}"
@@ -420,7 +414,7 @@ def cmd_long(args, lm) -> None:
             row[f"filter_peak_mem_bytes{tag}"] = mem.peak_bytes
             for k in ks:
                 for unit in units:
-                    idx = _pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
                     name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
                     row[name] = _judge(lm, case, prompt, idx, needle_pos, args.max_new_tokens)
                 for factor in factors if len(bounds) > 1 else []:

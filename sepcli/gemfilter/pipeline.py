@@ -95,16 +95,22 @@ def sentence_units(prompt: Prompt, protect: bool, topk: int) -> list[tuple[int, 
     return units
 
 
+def pick(
+    prompt: Prompt, scores: torch.Tensor, k: int, unit: str, smooth: int, keep: torch.Tensor | None
+) -> torch.Tensor:
+    """Kept prompt positions (sorted) for [n] ``scores``: whole sentences or the k best tokens
+    (``unit``), plus the ``keep`` positions (the protected template and question, or None)."""
+    if unit == "sentence":
+        return select_spans(scores, sentence_units(prompt, keep is not None, k), k, keep=keep)
+    return select(scores, k, smooth=smooth, keep=keep)
+
+
 def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
     """Filter pass(es) + top-k for a prepared prompt."""
     bounds = segments_for(model, prompt, cfg.segment_tokens)
     scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
-    if cfg.unit == "sentence":
-        units = sentence_units(prompt, cfg.protect, cfg.topk)
-        indices = select_spans(scores, units, cfg.topk, keep=keep)
-    else:
-        indices = select(scores, cfg.topk, smooth=cfg.smooth, keep=keep)
+    indices = pick(prompt, scores, cfg.topk, cfg.unit, cfg.smooth, keep)
     return Selected(prompt, indices, scores, cfg.layer, len(bounds))
 
 

@@ -2,6 +2,7 @@
 
     python bench/stream.py throughput [--tokens 4000] [--chunk 32,64,128,224] [--segment 896]
     python bench/stream.py quality    [--tokens 8000] [--plot docs/stream_ppl.png] [--bos-per-line]
+                                      [--separators sepcli|reference]
     python bench/stream.py chunking   [--tokens 2000]
     python bench/stream.py frontier   [--tokens 20000] [--capacities 160,...] [--plot PNG]
     python bench/stream.py memory     [--tokens 500000] [--marks 20000,500000]
@@ -61,6 +62,23 @@ def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -
     while len(ids) < n:
         ids = ids + ids
     return start_token(tok) + ids[:n]
+
+
+# The reference code's separators: these strings and their space-prefixed variants, one id each.
+REFERENCE_SEPARATORS = [".", ",", "?", "!", ";", ":", "\n", " ", "\t"]
+
+
+def reference_separator_mask(tok) -> torch.Tensor:
+    """Separators as the reference hard-codes them (reference/SEPLLM.md): only the ids of the
+    strings above and of " ." etc., where each is a single token; merged runs such as "\n\n"
+    or ".\n" are not separators (sepcli's rule counts them)."""
+    mask = torch.zeros(len(tok), dtype=torch.bool)
+    strings = REFERENCE_SEPARATORS + [" " + s for s in REFERENCE_SEPARATORS if s != " "]
+    for text in strings:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        if len(ids) == 1:
+            mask[ids[0]] = True
+    return mask
 
 
 def engine_run(lm, seps, ids, cfg) -> tuple[torch.Tensor, float, list]:
@@ -171,7 +189,8 @@ def quality(args, lm, seps) -> dict:
         seps = seps.clone()
         seps[bos] = True
         scored = torch.tensor(ids[1:]) != bos
-    out, curves = {}, {}
+    out = {"separator_fraction": float(seps[torch.tensor(ids)].float().mean())}
+    curves = {}
     for c, label, method, sizes in QUALITY_CONFIGS:
         if args.capacities and c not in args.capacities:
             continue
@@ -325,6 +344,13 @@ def main() -> None:
         action="store_true",
         help="quality: the reference's protocol (each line with its own BOS, kept as a separator)",
     )
+    parser.add_argument(
+        "--separators",
+        default="sepcli",
+        choices=["sepcli", "reference"],
+        help="quality, frontier: sepcli's rule (any token made only of separator characters) "
+        "or the reference code's hard-coded list",
+    )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--model", default="smollm2", help="as `sepcli --model`")
@@ -358,7 +384,10 @@ def main() -> None:
     args.capacities = [int(c) for c in args.capacities.split(",") if c]
     lm = load_model(args.model, dtype=args.dtype)
     args.model_name = "SmolLM2-135M" if args.model == "smollm2" else lm.name
-    seps = separator_mask(lm.tokenizer)
+    if args.separators == "reference":
+        seps = reference_separator_mask(lm.tokenizer)
+    else:
+        seps = separator_mask(lm.tokenizer)
     fn = {
         "throughput": throughput,
         "quality": quality,
@@ -371,6 +400,7 @@ def main() -> None:
         "model": lm.name,
         "dtype": str(lm.dtype),
         "threads": torch.get_num_threads(),
+        "separators": args.separators,
         **fn(args, lm, seps),
     }
     print(json.dumps(result, default=str))

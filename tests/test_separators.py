@@ -31,3 +31,22 @@ def test_mask_matches_ids(tokenizer):
     sentence = tokenizer("Yes. No, maybe?\n\nThen: go!", add_special_tokens=False).input_ids
     flagged = [tokenizer.decode([t]) for t in sentence if mask[t]]
     assert flagged and all(is_separator_text(t) for t in flagged)
+
+
+def test_reference_list_is_inside_the_rule(tokenizer):
+    """bench/stream.py --separators reference rebuilds the reference code's hard-coded ids; the
+    docs compare the two, which only makes sense if sepcli's rule contains every one of them."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "stream.py"
+    spec = importlib.util.spec_from_file_location("bench_stream", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    reference = bench.reference_separator_mask(tokenizer)
+    rule = separator_mask(tokenizer)
+    period = tokenizer(".", add_special_tokens=False).input_ids
+    merged = tokenizer("\n\n", add_special_tokens=False).input_ids
+    assert reference[period].all() and not reference[merged].any()
+    assert not (reference & ~rule).any()
+    assert int(rule.sum()) > int(reference.sum()) > 8

@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the inst
 import torch  # noqa: E402
 
 from sepcli.models import load_model  # noqa: E402
-from sepcli.separators import separator_mask  # noqa: E402
+from sepcli.separators import SEPARATOR_CHARS, separator_mask  # noqa: E402
 from sepcli.stream.config import StreamConfig  # noqa: E402
 from sepcli.stream.engine import StreamEngine  # noqa: E402
 from sepcli.stream.metrics import peak_rss_mb, rss_mb  # noqa: E402
@@ -64,16 +64,14 @@ def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -
     return start_token(tok) + ids[:n]
 
 
-# The reference code's separators: these strings and their space-prefixed variants, one id each.
-REFERENCE_SEPARATORS = [".", ",", "?", "!", ";", ":", "\n", " ", "\t"]
-
-
 def reference_separator_mask(tok) -> torch.Tensor:
     """Separators as the reference hard-codes them (reference/SEPLLM.md): only the ids of the
-    strings above and of " ." etc., where each is a single token; merged runs such as "\n\n"
-    or ".\n" are not separators (sepcli's rule counts them)."""
+    single separator characters (the same set as sepcli's rule) and of their space-prefixed
+    variants " ." etc., where each is one token; merged runs such as "\n\n" or ".\n" are not
+    separators (sepcli's rule counts them)."""
     mask = torch.zeros(len(tok), dtype=torch.bool)
-    strings = REFERENCE_SEPARATORS + [" " + s for s in REFERENCE_SEPARATORS if s != " "]
+    chars = sorted(SEPARATOR_CHARS)
+    strings = chars + [" " + ch for ch in chars if ch != " "]
     for text in strings:
         ids = tok(text, add_special_tokens=False)["input_ids"]
         if len(ids) == 1:
@@ -348,8 +346,8 @@ def main() -> None:
         "--separators",
         default="sepcli",
         choices=["sepcli", "reference"],
-        help="quality, frontier: sepcli's rule (any token made only of separator characters) "
-        "or the reference code's hard-coded list",
+        help="the separator table of every run: sepcli's rule (any token made only of "
+        "separator characters) or the reference code's hard-coded list",
     )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")

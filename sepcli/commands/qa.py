@@ -70,6 +70,7 @@ TopkOpt = Annotated[
     int,
     typer.Option(
         "--topk",
+        "--top-k",
         "-k",
         help="Document tokens kept for the answer pass (with --protect the question and chat template are kept on top).",
     ),
@@ -416,7 +417,7 @@ def gemfilter(
 def calibrate(
     model: ModelOpt = MODEL_DEFAULT,
     topk: Annotated[
-        int, typer.Option("--topk", "-k", help="Top-k used to judge a layer.")
+        int, typer.Option("--topk", "--top-k", "-k", help="Top-k used to judge a layer.")
     ] = cal.DEFAULT_CALIBRATION_TOPK,
     needles: Annotated[
         int, typer.Option("--needles", help="How many different needles (1-6).")

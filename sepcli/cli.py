@@ -36,7 +36,3 @@ def _root(
 
 for _module in (info, stream, qa):
     _module.register(app)
-
-
-def main() -> None:
-    app()

@@ -16,7 +16,9 @@ from rich.console import Console
 from sepcli.errors import SepcliError
 from sepcli.models import DEFAULT_MODEL
 
-err_console = Console(stderr=True, highlight=False)
+# soft_wrap: a status line piped to a file or a log stays one line (rich wraps at 80 columns
+# when stderr is not a terminal).
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 ModelOpt = Annotated[
     str,

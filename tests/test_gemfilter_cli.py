@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
+import threading
 
 import pytest
 import torch
 from typer.testing import CliRunner
 
 from sepcli.cli import app
-from sepcli.commands.qa import shown_ranges
+from sepcli.commands.qa import clean_question, shown_ranges
 from tests.conftest import build_tiny_llama
 
 runner = CliRunner()
@@ -170,9 +172,18 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         (["calibrate", "--topk", "0"], "--topk must be > 0"),
         (["ask", "{doc}", "q", "--window", "0"], "--window must be >= 1"),
         (["gemfilter", "{doc}", "q", "--window", "all"], "--window must be 'question'"),
-        (["gemfilter", "{doc}", "q", "--segment-tokens", "-3"], "--segment-tokens must be > 0"),
+        (["gemfilter", "{doc}", "q", "--segment-tokens", "-3"], "--segment-tokens must be >= 0"),
         (["ask", "{doc}", "q", "--unit", "word"], "--unit must be one of"),
         (["calibrate", "--unit", "word"], "--unit must be one of"),
+        (["calibrate", "--lengths", ""], "--lengths is empty"),
+        (["calibrate", "--lengths", " , "], "--lengths is empty"),
+        (
+            ["calibrate", "--lengths", "64", "--topk", "64", "--no-save"],
+            "--topk 64 must be smaller",
+        ),
+        (["calibrate", "--lengths", "100,64", "-k", "80"], "shortest haystack (64 tokens"),
+        (["calibrate", "--needles", "1"], "--topk 256 must be smaller"),  # default lengths: 128
+        (["ask", "{dir}", "q"], "not a file"),
     ],
 )
 def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle):
@@ -182,6 +193,7 @@ def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle)
         "doc": doc_file,
         "empty": str(tmp_path / "empty.txt"),
         "long": str(tmp_path / "long.txt"),
+        "dir": str(tmp_path),
     }
     args = [a.format(**paths) for a in args] + ["-m", tiny_dir]
     assert_one_line_error(invoke(*args), needle)
@@ -222,7 +234,7 @@ def test_calibrate_stores_choice_that_auto_uses(tiny_dir, doc_file, tmp_path):
     r = invoke("ask", doc_file, "q", "-m", tiny_dir, "--max-new-tokens", "2", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["layer"] == out["layer"]
     assert "calibrated" in r.stderr
-    r = invoke("calibrate", "-m", tiny_dir, "--lengths", "80", "--needles", "1")
+    r = invoke("calibrate", "-m", tiny_dir, "--lengths", "80", "--needles", "1", "-k", "16")
     assert r.exit_code == 0 and "chosen" in r.stdout and "layer" in r.stdout
 
 
@@ -374,3 +386,56 @@ def test_show_on_a_long_document_prints_the_kept_parts_not_the_whole(tiny_dir, t
     assert r.exit_code == 0, r.output
     assert "tokens ...]" in r.stderr and "selected 6 of" in r.stderr
     assert len(r.stderr) < len(words) / 2
+
+
+def test_undecodable_bytes_in_the_question_are_replaced_with_a_warning(tiny_dir, doc_file):
+    # argv bytes that are not UTF-8 reach us as surrogate escapes: b"\xff" -> "\udcff"
+    question = b"What is the \xff password?".decode("utf-8", "surrogateescape")
+    assert clean_question(question) == ("What is the \ufffd password?", 1)
+    assert clean_question("plain") == ("plain", 0)
+    for extra in (
+        ["ask", doc_file, question, "--max-new-tokens", "2"],
+        ["gemfilter", doc_file, question],
+    ):
+        r = invoke(*extra, "-m", tiny_dir, "-k", "8")
+        assert r.exit_code == 0, r.output
+        assert "1 undecodable byte(s) in the question" in " ".join(r.stderr.split())
+
+
+def test_a_pipe_is_read_like_a_file(tiny_dir, tmp_path):
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    fifo = tmp_path / "doc.fifo"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "w") as f:  # blocks until the command opens the pipe
+            f.write(DOC)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        r = invoke("gemfilter", str(fifo), "Boats?", "-m", tiny_dir, "--top-k", "1000")
+    finally:
+        if writer.is_alive():  # the command never opened the pipe: release the writer
+            os.close(os.open(fifo, os.O_RDONLY | os.O_NONBLOCK))
+        writer.join(5)
+    assert r.exit_code == 0, r.output
+    assert r.stdout.strip() == DOC
+
+
+def test_status_line_names_the_dtype_like_info(tiny_dir, doc_file):
+    info = invoke("info", "-m", tiny_dir, "--dtype", "fp32", "--json")
+    assert info.exit_code == 0, info.output
+    assert json.loads(info.stdout)["dtype"] == "fp32"
+    r = invoke("gemfilter", doc_file, "q", "-m", tiny_dir, "--dtype", "fp32", "-k", "8")
+    assert r.exit_code == 0, r.output
+    assert "cpu, fp32)" in r.stderr and "float32" not in r.stderr
+
+
+def test_help_texts_match_the_options(tiny_dir):
+    r = runner.invoke(app, ["gemfilter", "--help"], env={"COLUMNS": "400"})  # one line each
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.split())
+    assert "--protect" not in text and "answer pass" not in text
+    assert "runs (default: ' … ')." in text and "0 = as many as fit" in text

@@ -87,7 +87,8 @@ def test_resume_gives_the_same_perplexity(tiny_dir, text, tmp_path):
     second = run(["-", *base(tiny_dir, "--max-tokens", "300", "--resume", str(ck))], input=text)
     assert second.exit_code == 0, second.output
     resumed = lines(second)[-1]
-    assert resumed["resumed_at"] == 131 and resumed["tokens"] == whole["tokens"] == 300
+    # resumed_at counts tokens of input, like --max-tokens (the BOS the stream starts with is not)
+    assert resumed["resumed_at"] == 130 and resumed["tokens"] == whole["tokens"] == 300
     assert math.isclose(resumed["ppl"], whole["ppl"], rel_tol=1e-5)
 
 
@@ -132,7 +133,52 @@ def test_checkpoint_never_overwrites_a_file_that_is_not_a_checkpoint(tiny_dir, t
         args = [str(doc), *base(tiny_dir, "--max-tokens", n, "--checkpoint", str(ck))]
         assert run(args).exit_code == 0
     resumed = run([str(doc), *base(tiny_dir, "--max-tokens", "80", "--resume", str(ck))])
-    assert resumed.exit_code == 0 and lines(resumed)[-1]["resumed_at"] == 61
+    assert resumed.exit_code == 0 and lines(resumed)[-1]["resumed_at"] == 60
+
+
+def test_resume_refuses_another_input_or_nothing_left(tiny_dir, text, tmp_path):
+    ck = tmp_path / "run.ckpt"
+    made = run(["-", *base(tiny_dir, "--max-tokens", "100", "--checkpoint", str(ck))], input=text)
+    assert made.exit_code == 0, made.output
+    saved = ck.read_bytes()
+    cases = [
+        (text.replace("the", "a"), [], "not the ones the checkpoint was made from"),
+        (text[:200], [], "the input ends after"),
+        (text, ["--max-tokens", "100"], "nothing is left to stream"),
+    ]
+    for stdin, extra, match in cases:
+        result = run(
+            ["-", *base(tiny_dir, "--resume", str(ck), "--checkpoint", str(ck), *extra)],
+            input=stdin,
+        )
+        assert result.exit_code == 2 and match in result.output, result.output
+        assert not lines(result)  # refused before streaming: no progress, no summary
+        assert ck.read_bytes() == saved  # and the checkpoint is not overwritten
+
+
+def test_unwritable_checkpoint_is_refused_before_streaming(tiny_dir, text, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    ck = blocker / "run.ckpt"  # its folder cannot be created
+    result = run(["-", *base(tiny_dir, "--checkpoint", str(ck), "--interval", "0")], input=text)
+    assert result.exit_code == 2 and "cannot write checkpoint" in result.output
+    assert not lines(result) and blocker.read_text() == "not a folder"
+
+
+def test_options_the_method_ignores_are_warned_about(tiny_dir, text):
+    result = run(
+        ["-", "--model", tiny_dir, "--json", "--method", "window", "--window", "100"], input=text
+    )
+    assert result.exit_code == 0, result.output
+    assert "--window has no effect with --method window" in result.stderr
+    assert lines(result)[-1]["cache_capacity"] == 324  # the window method keeps --capacity
+    quiet = run(["-", *base(tiny_dir, "--max-tokens", "50")], input=text)
+    assert quiet.exit_code == 0 and "warning" not in quiet.stderr
+
+
+def test_progress_lines_are_marked(tiny_dir, text):
+    out = lines(run(["-", *base(tiny_dir, "--max-tokens", "100", "--interval", "0")], input=text))
+    assert {x["event"] for x in out[:-1]} == {"progress"} and out[-1]["event"] == "summary"
 
 
 @pytest.mark.parametrize(
@@ -149,6 +195,8 @@ def test_checkpoint_never_overwrites_a_file_that_is_not_a_checkpoint(tiny_dir, t
         (["-", "--method", "magic"], "x y", "unknown method"),
         (["-", "--max-tokens", "0"], "x y", "--max-tokens"),
         (["-", "--every", "0"], "x y", "--every"),
+        (["-", "--interval", "nan"], "x y", "--interval"),
+        (["-", "--capacity", "600"], "x y", "larger than the model's context of 512"),
     ],
 )
 def test_bad_input_is_one_line_error(tiny_dir, tmp_path, args, stdin, match):
@@ -203,7 +251,7 @@ def test_sigterm_stops_cleanly_with_summary_and_checkpoint(tiny_dir, text, tmp_p
     assert first.startswith("{"), proc.stderr.read()
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signal.SIGTERM, err
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["event"] == "summary" and summary["interrupted"] is True
     assert 0 < summary["tokens"] < 40000 and ck.is_file() and "Traceback" not in err

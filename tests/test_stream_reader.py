@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import math
+import random
 
 import pytest
 import torch
@@ -13,7 +14,14 @@ from sepcli.errors import InputError
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
-from sepcli.stream.reader import ReadStats, limit, safe_cut, skip, stream_tokens
+from sepcli.stream.reader import (
+    ReadStats,
+    TokenDigest,
+    limit,
+    resume_from,
+    safe_cut,
+    stream_tokens,
+)
 from sepcli.texts import essays_text
 
 
@@ -38,13 +46,71 @@ def test_safe_cut_only_before_a_word():
     assert safe_cut("end ") == 0
 
 
-def test_max_tokens_and_skip(tokenizer):
+def test_max_tokens(tokenizer):
     text = essays_text(max_chars=5000)
     all_ids = flat(stream_tokens(tokenizer, io.BytesIO(text.encode()), ReadStats()))
     capped = flat(stream_tokens(tokenizer, io.BytesIO(text.encode()), ReadStats(), max_tokens=100))
     assert capped == all_ids[:101]  # BOS + 100
-    assert flat(skip([[1, 2, 3], [4, 5], [6]], 4)) == [5, 6]
     assert flat(limit([[1, 2, 3], [4, 5]], 4)) == [1, 2, 3, 4]
+
+
+def _cut(ids: list[int], rng: random.Random) -> list[list[int]]:
+    """``ids`` in random pieces (empty ones included)."""
+    out, i = [], 0
+    while i < len(ids):
+        n = rng.randint(0, 9)
+        out.append(ids[i : i + n])
+        i += n
+    return out
+
+
+def _digest(pieces, group: int = 5) -> TokenDigest:
+    d = TokenDigest()
+    d.GROUP = group  # small groups: the chaining runs many times on a short stream
+    for piece in pieces:
+        d.update(piece)
+    return d
+
+
+def test_token_digest_depends_on_the_ids_not_on_the_cuts():
+    rng = random.Random(3)
+    ids = [rng.randrange(50_000) for _ in range(103)]
+    whole = _digest([ids]).summary()
+    for _ in range(20):
+        assert _digest(_cut(ids, rng)).summary() == whole
+    assert whole["tokens"] == 103
+    for i in (0, 51, 102):  # one id changed anywhere, or two swapped
+        changed = ids.copy()
+        changed[i] += 1
+        assert _digest([changed]).hexdigest() != whole["sha256"]
+    swapped = ids.copy()
+    swapped[10], swapped[11] = swapped[11], swapped[10]
+    assert _digest([swapped]).hexdigest() != whole["sha256"]
+    assert _digest([ids[:-1]]).hexdigest() != whole["sha256"]
+
+
+def test_resume_from_checks_the_fed_tokens_and_returns_the_rest():
+    rng = random.Random(4)
+    ids = [rng.randrange(1000) for _ in range(60)]
+    for n in (0, 1, 23, 60):
+        saved = TokenDigest()
+        saved.update(ids[:n])
+        digest, rest = resume_from(_cut(ids, rng), saved.summary(), n)
+        assert flat(rest) == ids[n:] and digest.summary() == saved.summary()
+        digest.update(ids[n:])  # the resumed run goes on hashing from there
+        whole = TokenDigest()
+        whole.update(ids)
+        assert digest.summary() == whole.summary()
+    saved = TokenDigest()
+    saved.update(ids[:30])
+    other = ids.copy()
+    other[7] += 1
+    with pytest.raises(InputError, match="not the ones the checkpoint"):
+        resume_from([other], saved.summary(), 30)
+    with pytest.raises(InputError, match="ends after 20 tokens, before the checkpoint's 30"):
+        resume_from([ids[:20]], saved.summary(), 30)
+    _, rest = resume_from([other], None, 30)  # an older checkpoint, with no digest: not checked
+    assert flat(rest) == other[30:]
 
 
 @pytest.mark.parametrize("data", [b"", b"  \n\n\t ", b"\x00\x01\x02binary\x00"])

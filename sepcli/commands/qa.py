@@ -7,6 +7,7 @@ Filter layers are numbered from 0 (the module index; the paper's "13 of 32" is 1
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -43,7 +44,7 @@ from sepcli.gemfilter.pipeline import (
     segments_for,
     select_tokens,
 )
-from sepcli.models import load_model
+from sepcli.models import DTYPE_NAMES, load_model
 from sepcli.stream.reader import refuse_binary
 
 DocArg = Annotated[
@@ -72,7 +73,8 @@ TopkOpt = Annotated[
         "--topk",
         "--top-k",
         "-k",
-        help="Document tokens kept for the answer pass (with --protect the question and chat template are kept on top).",
+        help="How many document tokens the filter keeps (the k that score highest at the "
+        "filter layer).",
     ),
 ]
 SmoothOpt = Annotated[
@@ -133,7 +135,7 @@ def read_document(doc: str) -> tuple[str, int]:
         path = Path(doc).expanduser()
         if not path.exists():
             raise InputError(f"no such document: {doc}")
-        if not path.is_file():
+        if path.is_dir():  # pipes and /dev/fd/N (`<(...)`) are read like files
             raise InputError(f"not a file: {doc}")
         try:
             data = path.read_bytes()
@@ -146,6 +148,23 @@ def read_document(doc: str) -> tuple[str, int]:
     if not text.strip():
         raise InputError(f"the document ({where}) is empty")
     return text, replaced
+
+
+def clean_question(question: str) -> tuple[str, int]:
+    """The question with undecodable bytes as U+FFFD, and how many were replaced.
+
+    Python hands argv bytes that are not UTF-8 over as lone surrogates ('\\udcff'), which
+    tokenizers cannot encode; documents get the same replacement in :func:`read_document`."""
+    return re.subn("[\ud800-\udfff]", "\ufffd", question)
+
+
+def segment_cap(segment_tokens: int) -> int | None:
+    """--segment-tokens: 0 -> None (as many as fit), else the positive cap."""
+    if segment_tokens < 0:
+        raise ConfigError(
+            f"--segment-tokens must be >= 0 (0 = as many as fit), got {segment_tokens}"
+        )
+    return segment_tokens or None
 
 
 def parse_layer(layer: str) -> int | None:
@@ -184,9 +203,15 @@ def parse_window(window: str) -> int | None:
 def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     """Validate cheap inputs first, then load and check the prompt fits.
 
-    Returns (lm, prompt, cfg with the layer resolved)."""
+    Returns (lm, prompt, cfg with the layer resolved, the question as asked)."""
     if not question.strip():
         raise InputError("the question is empty")
+    question, replaced = clean_question(question)
+    if replaced:
+        err_console.print(
+            f"[yellow]warning:[/] {replaced} undecodable byte(s) in the question "
+            "replaced with U+FFFD"
+        )
     document, replaced = read_document(doc)
     if replaced:
         err_console.print(
@@ -204,7 +229,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     prompt = prepare(lm.model, lm.tokenizer, document, question, cfg)
     if cfg.method == "gemfilter":
         err_console.print(
-            f"[dim]{lm.name} ({lm.device}, {str(lm.dtype).removeprefix('torch.')}): gemfilter layer "
+            f"[dim]{lm.name} ({lm.device}, {DTYPE_NAMES.get(lm.dtype, str(lm.dtype))}): gemfilter layer "
             f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk} "
             f"({cfg.unit}s)[/]"
         )
@@ -218,7 +243,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
                 f"--segment-tokens {cfg.segment_tokens}"
             )
             err_console.print(f"[dim]{why}: filtering the document in {segments} segments[/]")
-    return lm, prompt, cfg
+    return lm, prompt, cfg, question
 
 
 SHOW_CONTEXT = 16  # --show: document tokens printed either side of each kept run
@@ -318,13 +343,13 @@ def ask(
         window=parse_window(window),
         protect=protect,
         split=split,
-        segment_tokens=segment_tokens or None,
+        segment_tokens=segment_cap(segment_tokens),
         unit=unit.strip().lower(),
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
     )
-    lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
+    lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, cfg)
     for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt):
         if isinstance(event, Selected) and show:
             show_selection(event)
@@ -354,7 +379,12 @@ def gemfilter(
     segment_tokens: SegmentOpt = 0,
     unit: UnitOpt = DEFAULT_UNIT,
     gap: Annotated[
-        str, typer.Option("--gap", help="Text printed between non-adjacent selected runs.")
+        str,
+        typer.Option(
+            "--gap",
+            help="Text printed between non-adjacent selected runs (default: ' … ').",
+            show_default=False,
+        ),
     ] = " … ",
     show: Annotated[
         bool,
@@ -377,10 +407,10 @@ def gemfilter(
         window=parse_window(window),
         protect=True,
         split=split,
-        segment_tokens=segment_tokens or None,
+        segment_tokens=segment_cap(segment_tokens),
         unit=unit.strip().lower(),
     )
-    lm, prompt, cfg = _setup(doc, question, model, device, dtype, cfg)
+    lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, cfg)
     chosen = select_tokens(lm.model, prompt, cfg)
     if show:
         show_selection(chosen)
@@ -432,12 +462,13 @@ def calibrate(
         ),
     ] = "token",
     lengths: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--lengths",
             help="Comma-separated haystack lengths in tokens (default: 1/8, 1/4, 1/2 of the context).",
+            show_default=False,
         ),
-    ] = "",
+    ] = None,
     save: Annotated[
         bool, typer.Option("--save/--no-save", help="Store the choice for --layer auto.")
     ] = True,
@@ -451,15 +482,30 @@ def calibrate(
         raise ConfigError(f"--topk must be > 0, got {topk}")
     unit = check_unit(unit.strip().lower())
     win = parse_window(window)
-    try:
-        lens = [int(x) for x in lengths.split(",") if x.strip()] if lengths.strip() else None
-    except ValueError:
-        raise ConfigError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
+    lens = None
+    if lengths is not None:
+        try:
+            lens = [int(x) for x in lengths.split(",") if x.strip()]
+        except ValueError:
+            raise ConfigError(
+                f"--lengths must be comma-separated integers, got {lengths!r}"
+            ) from None
+        if not lens:
+            raise ConfigError(
+                "--lengths is empty: give comma-separated token counts, e.g. 512,1024"
+            )
     with err_console.status(f"loading {model} ..."):
         lm = load_model(model, device=device, dtype=dtype)
     ctx = lm.model.config.max_position_embeddings
     if lens and (min(lens) < 16 or max(lens) > ctx - 64):
         raise ConfigError(f"--lengths must lie in 16..{ctx - 64} for this model, got {lengths}")
+    shortest = min(lens or cal.default_lengths(ctx))
+    if topk >= shortest:
+        # every document token would be kept: each layer finds the needle, the choice means nothing
+        raise ConfigError(
+            f"--topk {topk} must be smaller than the shortest haystack ({shortest} tokens, "
+            "see --lengths)"
+        )
     cases = cal.calibration_cases(lm.tokenizer, ctx, lengths=lens, needles=needles)
     curve = None
     with err_console.status("calibrating ...") as status:

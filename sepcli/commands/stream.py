@@ -7,6 +7,7 @@ a rich live view on a terminal or JSON lines when piped. The tensor work is in s
 from __future__ import annotations
 
 import json
+import math
 import signal
 import sys
 import threading
@@ -28,14 +29,14 @@ from sepcli.cli_common import (
     err_console,
     guarded,
 )
-from sepcli.errors import ConfigError, InputError
+from sepcli.errors import CheckpointError, ConfigError, InputError
 from sepcli.models import DTYPE_NAMES, load_model
 from sepcli.separators import separator_mask
 from sepcli.stream import checkpoint
 from sepcli.stream.config import METHODS, StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.stream.metrics import RunMetrics, peak_rss_mb
-from sepcli.stream.reader import ReadStats, open_input, skip, stream_tokens
+from sepcli.stream.reader import ReadStats, open_input, resume_from, start_token, stream_tokens
 
 D = StreamConfig()  # defaults are defined once, in the config
 
@@ -45,6 +46,7 @@ class _StopFlag:
 
     def __init__(self):
         self.requested = False
+        self.signum = 0  # the signal that asked to stop
         self._saved = {}
 
     def __enter__(self):
@@ -56,7 +58,7 @@ class _StopFlag:
     def _handle(self, signum, frame):
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
 
     def __exit__(self, *exc):
         for sig, handler in self._saved.items():
@@ -80,7 +82,7 @@ class _JsonLines:
         now = time.perf_counter()
         if force or now - self._last >= self.interval:
             self._last = now
-            typer.echo(json.dumps(snap))
+            typer.echo(json.dumps({"event": "progress", **snap}))
 
     def summary(self, summary: dict) -> None:
         typer.echo(json.dumps(summary))
@@ -131,8 +133,28 @@ def _table(snap: dict, title: str = "streaming") -> Table:
     return table
 
 
+# Options that only some methods read: {option: methods that use it}.
+USED_BY = {
+    "sep": ("sepllm",),
+    "window": ("sepllm",),
+    "capacity": ("sepllm", "streamingllm", "window"),
+}
+
+
+def _warn_unused(ctx: typer.Context, method: str) -> None:
+    """A warning for each option given on the command line that ``method`` does not read."""
+    for name, methods in USED_BY.items():
+        source = ctx.get_parameter_source(name)
+        if method not in methods and source is not None and source.name == "COMMANDLINE":
+            err_console.print(
+                f"[yellow]warning:[/] --{name} has no effect with --method {method} "
+                f"(only {', '.join(methods)} read it)"
+            )
+
+
 @guarded
 def stream(
+    ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="Text file to stream, or '-' for stdin.")] = "-",
     model: ModelOpt = MODEL_DEFAULT,
     method: Annotated[
@@ -195,12 +217,13 @@ def stream(
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     if every is not None and (every < 1 or checkpoint_path is None):
         raise ConfigError("--every N needs N >= 1 and --checkpoint PATH")
-    if interval < 0:
-        raise ConfigError(f"--interval must be >= 0, got {interval}")
+    if not interval >= 0 or math.isinf(interval):
+        raise ConfigError(f"--interval must be a number of seconds >= 0, got {interval}")
     if checkpoint_path is not None:
         checkpoint.check_target(checkpoint_path)
     if file == "-" and sys.stdin.isatty():
         raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
+    _warn_unused(ctx, method)
     with open_input(file) as source:
         with err_console.status(f"loading {model} ..."):
             lm = load_model(model, device=device, dtype=dtype)
@@ -210,10 +233,16 @@ def stream(
             "model": checkpoint.model_fingerprint(lm.model, lm.name),
             "config": config.to_dict(),
         }
+        first = len(start_token(lm.tokenizer))  # the BOS the stream starts with, if any
         if resume is not None:
             state = checkpoint.load(resume, meta)
             engine.load_state_dict(state["engine"])
             metrics.load_state_dict(state["metrics"])
+            if max_tokens is not None and first + max_tokens <= engine.seen:
+                raise ConfigError(
+                    f"--max-tokens {max_tokens}: the checkpoint has already read "
+                    f"{engine.seen - first} tokens of input, nothing is left to stream"
+                )
 
         resolved = {**config.to_dict(), "capacity": engine.capacity}
         run_info = {
@@ -222,7 +251,7 @@ def stream(
             "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
             "input": file,
             "max_tokens": max_tokens,
-            "resumed_at": engine.seen if resume else None,
+            "resumed_at": engine.seen - first if resume else None,
         }
         err_console.print(
             "[dim]stream: "
@@ -232,8 +261,10 @@ def stream(
 
         stats = ReadStats()
         blocks = stream_tokens(lm.tokenizer, source, stats, max_tokens)
-        if engine.seen:
-            blocks = skip(blocks, engine.seen)
+        if resume is not None:  # read past what the checkpoint fed, checking it is the same
+            engine.fed, blocks = resume_from(blocks, state["engine"].get("input"), engine.seen)
+        if checkpoint_path is not None:
+            checkpoint.probe(checkpoint_path)  # fail now, not after hours of streaming
 
         def save() -> None:
             checkpoint.save(checkpoint_path, meta, engine.state_dict(), metrics.state_dict())
@@ -251,8 +282,12 @@ def stream(
                 if stop.requested:
                     interrupted = True
                     break
+            failed = None
             if checkpoint_path is not None:
-                save()
+                try:
+                    save()
+                except CheckpointError as exc:  # reported after the summary, which still counts
+                    failed = exc
             summary = {
                 "event": "summary",
                 **metrics.snapshot(),
@@ -263,16 +298,19 @@ def stream(
                 **run_info,
             }
             renderer.summary(summary)
+        if failed is not None:
+            raise failed
         if stats.replaced:
             err_console.print(
                 f"[yellow]warning:[/] {stats.replaced} undecodable byte sequence(s) replaced with U+FFFD"
             )
         if checkpoint_path is not None:
             err_console.print(
-                f"[dim]checkpoint written to {checkpoint_path} ({engine.seen} tokens)[/]"
+                f"[dim]checkpoint written to {checkpoint_path} ({engine.seen - first} tokens of "
+                "input)[/]"
             )
         if interrupted:
-            raise typer.Exit(130)
+            raise typer.Exit(128 + stop.signum)  # 130 for Ctrl-C, 143 for SIGTERM
 
 
 def register(app: typer.Typer) -> None:

@@ -60,6 +60,19 @@ def check_target(path: str | Path) -> None:
         )
 
 
+def probe(path: str | Path) -> None:
+    """Check now that ``path`` can be written (its folder is created if missing), so a run does
+    not find out at its end. Leaves no file behind."""
+    path = Path(path).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".probe", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+
+
 def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) -> None:
     """Write atomically: a temp file in the same folder, fsync, then rename over ``path``."""
     path = Path(path).expanduser()
@@ -89,6 +102,8 @@ def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) 
 def load(path: str | Path, meta: dict) -> dict:
     """Read and check a checkpoint against the current run's ``meta``; -> the payload."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise CheckpointError(f"--resume {path} is a directory, not a checkpoint")
     if not path.is_file():
         raise CheckpointError(f"no such checkpoint: {path}")
     payload = _read(path)

@@ -32,6 +32,7 @@ from sepcli import arch
 from sepcli.errors import ConfigError
 from sepcli.stream.config import SLIDING, StreamConfig
 from sepcli.stream.policy import make_policy
+from sepcli.stream.reader import TokenDigest
 from sepcli.stream.ring import RingKV
 from sepcli.stream.sliding import plan_sliding, sliding_attention
 
@@ -110,16 +111,24 @@ class StreamEngine:
             dtype=self.dtype,
         )
         self.seen = 0  # tokens fed so far = text index of the next token
+        self.fed = TokenDigest()  # digest of those tokens: a resume checks its input against it
         self.carry: torch.Tensor | None = None  # [vocab] fp32 logits of the last token fed
 
     def _capacity(self, config: StreamConfig) -> int:
+        context = self.shape.context_length
         if config.method != "full":
+            if 0 < context < config.capacity:
+                # Cache positions run up to capacity - 1: past the context they were never trained.
+                raise ConfigError(
+                    f"--capacity {config.capacity} is larger than the model's context of "
+                    f"{context} tokens: use a capacity of at most {context}"
+                )
             return config.capacity
-        if self.shape.context_length <= 0:
+        if context <= 0:
             raise ConfigError(
                 "method 'full' needs the model's context length, and the config has none"
             )
-        return self.shape.context_length
+        return context
 
     # ------------------------------------------------------------------ the loop
 
@@ -138,9 +147,11 @@ class StreamEngine:
 
     def feed(self, ids: Sequence[int]) -> Iterator[PieceStats]:
         """Process one chunk of token ids in one forward pass."""
-        ids_t = torch.as_tensor(list(ids), dtype=torch.int64, device=self.device)
-        if not ids_t.numel():
+        ids = list(ids)
+        if not ids:
             return
+        self.fed.update(ids)
+        ids_t = torch.as_tensor(ids, dtype=torch.int64, device=self.device)
         if self.config.method in SLIDING:
             yield self._chunk_sliding(ids_t)
         else:
@@ -288,7 +299,12 @@ class StreamEngine:
     # ------------------------------------------------------------------ checkpointing
 
     def state_dict(self) -> dict:
-        return {"ring": self.ring.state_dict(), "seen": self.seen, "carry": self.carry}
+        return {
+            "ring": self.ring.state_dict(),
+            "seen": self.seen,
+            "carry": self.carry,
+            "input": self.fed.summary(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.ring.load_state_dict(state["ring"])

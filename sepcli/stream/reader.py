@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import hashlib
 import sys
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,14 +129,79 @@ def limit(blocks: Iterable[list[int]], max_tokens: int | None) -> Iterator[list[
         left -= len(block)
 
 
-def skip(blocks: Iterable[list[int]], n: int) -> Iterator[list[int]]:
-    """Drop the first ``n`` ids (resuming from a checkpoint)."""
-    for block in blocks:
-        if n >= len(block):
-            n -= len(block)
-            continue
-        yield block[n:]
-        n = 0
+class TokenDigest:
+    """SHA-256 of a stream of token ids, the same however the stream is cut into pieces.
+
+    Ids are hashed in groups of ``GROUP`` (each group's digest chains the previous one), so the
+    value depends only on the ids and their order. A checkpoint records :meth:`summary` (count
+    and digest); a resumed run recomputes it from its input and compares.
+    """
+
+    GROUP = 4096
+
+    def __init__(self) -> None:
+        self._folded = 0  # ids already hashed into the chain
+        self._chain = bytes(32)
+        self._pending: list[int] = []
+
+    @property
+    def tokens(self) -> int:
+        return self._folded + len(self._pending)
+
+    def update(self, ids: Iterable[int]) -> None:
+        self._pending.extend(ids)
+        done = 0
+        while len(self._pending) - done >= self.GROUP:
+            self._chain = self._hash(self._pending[done : done + self.GROUP])
+            done += self.GROUP
+        del self._pending[:done]
+        self._folded += done
+
+    def _hash(self, ids: list[int]) -> bytes:
+        return hashlib.sha256(self._chain + array("q", ids).tobytes()).digest()
+
+    def hexdigest(self) -> str:
+        return self._hash(self._pending).hex()
+
+    def summary(self) -> dict:
+        return {"tokens": self.tokens, "sha256": self.hexdigest()}
+
+
+def resume_from(
+    blocks: Iterable[list[int]], saved: dict | None, n: int
+) -> tuple[TokenDigest, Iterator[list[int]]]:
+    """Read the first ``n`` ids of ``blocks`` (what a checkpoint already fed) and check them
+    against the checkpoint's ``saved`` :meth:`TokenDigest.summary` (None: an older checkpoint,
+    not checked). -> (the digest so far, the rest of the ids). Raises :class:`InputError` when
+    the input ends first or differs: resuming needs the input the checkpoint was made from."""
+    digest, it = TokenDigest(), iter(blocks)
+    rest: list[int] = []
+    for block in it:
+        take = min(len(block), n - digest.tokens)
+        digest.update(block[:take])
+        if take < len(block):
+            rest = block[take:]
+            break
+        if digest.tokens == n:
+            break
+    got = digest.summary()
+    if got["tokens"] < n:
+        raise InputError(
+            f"the input ends after {got['tokens']} tokens, before the checkpoint's {n}: "
+            "resume with the input the checkpoint was made from"
+        )
+    if saved is not None and saved.get("sha256") != got["sha256"]:
+        raise InputError(
+            f"the input's first {n} tokens are not the ones the checkpoint was made from: "
+            "resume with the same input"
+        )
+
+    def remaining() -> Iterator[list[int]]:
+        if rest:
+            yield rest
+        yield from it
+
+    return digest, remaining()
 
 
 def start_token(tokenizer) -> list[int]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+from collections.abc import Iterable
 from typing import Annotated
 
 import typer
@@ -33,6 +34,16 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp3
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 MODEL_DEFAULT = DEFAULT_MODEL
+
+
+def warn_ignored(ctx: typer.Context, names: Iterable[str], why: str) -> None:
+    """A stderr warning for each parameter in ``names`` given on the command line, which the
+    chosen mode does not read (``why`` says which mode, e.g. "with --method full")."""
+    flags = {param.name: param.opts[0] for param in ctx.command.params}
+    for name in names:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name == "COMMANDLINE":
+            err_console.print(f"[yellow]warning:[/] {flags[name]} has no effect {why}")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

@@ -295,6 +295,8 @@ def load_model(
     except ModelError:
         raise
     except OSError as exc:
+        if Path(src.path).exists():  # a local folder or file that is there but does not load
+            raise ModelError(f"cannot load model {spec!r}: {_first_line(exc)}") from exc
         raise ModelError(
             f"model {spec!r} not found locally ({_first_line(exc)}); sepcli works offline: "
             "pass a local folder or .gguf file, or set SEPCLI_ALLOW_DOWNLOAD=1"

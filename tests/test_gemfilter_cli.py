@@ -107,6 +107,14 @@ def test_ask_streams_answer_and_full_method_reads_all(tiny_dir, doc_file):
         and out["selected_tokens"] == out["prompt_tokens"]
         and out["layer"] is None
     )
+    assert "warning" not in r.stderr
+    r = invoke(
+        "ask", doc_file, "What colour?", "-m", tiny_dir, "--method", "full", "-k", "5",
+        "--segment-tokens", "64", "--max-new-tokens", "2", "--json",
+    )  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "--topk has no effect with --method full" in r.stderr
+    assert "--segment-tokens has no effect" in r.stderr and "--layer" not in r.stderr
     r = invoke(
         "ask",
         doc_file,
@@ -385,6 +393,8 @@ def test_show_on_a_long_document_prints_the_kept_parts_not_the_whole(tiny_dir, t
     )
     assert r.exit_code == 0, r.output
     assert "tokens ...]" in r.stderr and "selected 6 of" in r.stderr
+    # stderr is no terminal here: with no colour, each kept run is bracketed instead
+    assert 1 <= r.stderr.count("⟦") == r.stderr.count("⟧") <= 6
     assert len(r.stderr) < len(words) / 2
 
 

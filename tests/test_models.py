@@ -44,6 +44,13 @@ def test_folder_without_config_and_non_gguf_file_are_refused(tmp_path):
         resolve_source(str(f))
 
 
+def test_local_folder_that_does_not_load_is_not_called_missing(tmp_path):
+    (tmp_path / "config.json").write_text("{ not json")
+    with pytest.raises(ModelError, match="cannot load model") as info:
+        load_model(str(tmp_path))
+    assert "not found locally" not in str(info.value)
+
+
 def test_unknown_hub_id_fails_fast_offline():
     # local_files_only: must answer at once with a clear error, never try the network.
     with pytest.raises(ModelError, match="not found locally"):

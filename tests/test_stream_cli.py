@@ -176,6 +176,12 @@ def test_options_the_method_ignores_are_warned_about(tiny_dir, text):
     assert quiet.exit_code == 0 and "warning" not in quiet.stderr
 
 
+def test_no_ppl_fills_the_cache_and_counts_the_input(tiny_dir, text):
+    out = lines(run(["-", *base(tiny_dir, "--max-tokens", "90", "--no-ppl")], input=text))[-1]
+    assert out["tokens"] == 0 and out["input_tokens"] == 90 and out["ppl"] is None
+    assert 2 + 16 <= out["cache_used"] <= 40  # the cache was filled: sinks + window at least
+
+
 def test_progress_lines_are_marked(tiny_dir, text):
     out = lines(run(["-", *base(tiny_dir, "--max-tokens", "100", "--interval", "0")], input=text))
     assert {x["event"] for x in out[:-1]} == {"progress"} and out[-1]["event"] == "summary"

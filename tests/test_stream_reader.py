@@ -113,9 +113,17 @@ def test_resume_from_checks_the_fed_tokens_and_returns_the_rest():
     assert flat(rest) == other[30:]
 
 
-@pytest.mark.parametrize("data", [b"", b"  \n\n\t ", b"\x00\x01\x02binary\x00"])
-def test_empty_or_binary_input_is_refused(tokenizer, data):
-    with pytest.raises(InputError):
+@pytest.mark.parametrize(
+    "data, match",
+    [
+        (b"", "empty"),
+        (b"  \n\n\t ", "empty"),
+        (b"\x00\x01\x02binary\x00", "binary"),
+        ("UTF-16 text, with a BOM.".encode("utf-16"), "UTF-16"),
+    ],
+)
+def test_empty_binary_or_utf16_input_is_refused(tokenizer, data, match):
+    with pytest.raises(InputError, match=match):
         list(stream_tokens(tokenizer, io.BytesIO(data), ReadStats()))
 
 

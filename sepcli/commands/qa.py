@@ -24,6 +24,7 @@ from sepcli.cli_common import (
     ModelOpt,
     err_console,
     guarded,
+    warn_ignored,
 )
 from sepcli.errors import ConfigError, InputError
 from sepcli.gemfilter import calibrate as cal
@@ -248,6 +249,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
 
 SHOW_CONTEXT = 16  # --show: document tokens printed either side of each kept run
 SHOW_MIN_GAP = 48  # --show: a shorter stretch between shown parts is printed, not elided
+SHOW_OPEN, SHOW_CLOSE = "⟦", "⟧"  # --show without colour: around each kept run
 
 
 def shown_ranges(kept: list[int], n: int, context: int, min_gap: int) -> list[tuple[int, int]]:
@@ -279,6 +281,9 @@ def show_selection(chosen: Selected) -> None:
     )
     keep = set(kept)
     doc, offsets, n_doc = prompt.document, prompt.doc_offsets, prompt.doc_len
+    # Without colour (stderr to a file or pipe, NO_COLOR) the highlight would vanish: kept runs
+    # are bracketed instead.
+    opening, closing = ("", "") if err_console.color_system else (SHOW_OPEN, SHOW_CLOSE)
     text = Text()
     last_tok = 0
     for start, end in shown_ranges(kept, n_doc, SHOW_CONTEXT, SHOW_MIN_GAP):
@@ -290,7 +295,12 @@ def show_selection(chosen: Selected) -> None:
             s, e = offsets[i]
             if s > last:
                 text.append(doc[last:s], style="dim")
-            text.append(doc[s:e], style="bold black on yellow" if i in keep else "dim")
+            if i in keep:
+                first, final = i - 1 not in keep or i == start, i + 1 not in keep
+                piece = (opening if first else "") + doc[s:e] + (closing if final else "")
+                text.append(piece, style="bold black on yellow")
+            else:
+                text.append(doc[s:e], style="dim")
             last = max(last, e)
         if end == n_doc:
             text.append(doc[last:], style="dim")
@@ -302,8 +312,23 @@ def show_selection(chosen: Selected) -> None:
     err_console.rule()
 
 
+# What only the gemfilter method reads; --method full reads the whole document.
+FILTER_OPTIONS = (
+    "layer",
+    "topk",
+    "smooth",
+    "window",
+    "protect",
+    "split",
+    "segment_tokens",
+    "unit",
+    "show",
+)
+
+
 @guarded
 def ask(
+    ctx: typer.Context,
     doc: DocArg,
     question: QuestionArg,
     model: ModelOpt = MODEL_DEFAULT,
@@ -349,6 +374,8 @@ def ask(
         temperature=temperature,
         seed=seed,
     )
+    if cfg.method == "full":
+        warn_ignored(ctx, FILTER_OPTIONS, "with --method full (it reads the whole document)")
     lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, cfg)
     for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt):
         if isinstance(event, Selected) and show:

@@ -28,6 +28,7 @@ from sepcli.cli_common import (
     ModelOpt,
     err_console,
     guarded,
+    warn_ignored,
 )
 from sepcli.errors import CheckpointError, ConfigError, InputError
 from sepcli.models import DTYPE_NAMES, load_model
@@ -141,17 +142,6 @@ USED_BY = {
 }
 
 
-def _warn_unused(ctx: typer.Context, method: str) -> None:
-    """A warning for each option given on the command line that ``method`` does not read."""
-    for name, methods in USED_BY.items():
-        source = ctx.get_parameter_source(name)
-        if method not in methods and source is not None and source.name == "COMMANDLINE":
-            err_console.print(
-                f"[yellow]warning:[/] --{name} has no effect with --method {method} "
-                f"(only {', '.join(methods)} read it)"
-            )
-
-
 @guarded
 def stream(
     ctx: typer.Context,
@@ -164,20 +154,25 @@ def stream(
         int, typer.Option("--init", help="Initial (sink) tokens kept forever.")
     ] = D.init,
     sep: Annotated[
-        int, typer.Option("--sep", help="Separator tokens kept from older text.")
+        int, typer.Option("--sep", help="Separator tokens kept from older text (sepllm).")
     ] = D.sep,
     window: Annotated[
-        int, typer.Option("--window", help="Local window of newest tokens.")
+        int, typer.Option("--window", help="Local window of newest tokens (sepllm).")
     ] = D.window,
     capacity: Annotated[
-        int, typer.Option("--capacity", help="Max KV cache slots (sepllm: > init+sep+window).")
+        int,
+        typer.Option(
+            "--capacity",
+            help="Max KV cache slots, at most the model's context (sepllm: > init+sep+window; "
+            "full: the model's context).",
+        ),
     ] = D.capacity,
     chunk: Annotated[
         int | None,
         typer.Option(
             "--chunk",
             help="Tokens per forward pass, at most --window (1 = token by token; the result is "
-            "the same for any chunk). [default: min(224, window)]",
+            "the same for any chunk; default: min(224, --window)).",
         ),
     ] = None,
     ppl: Annotated[
@@ -186,7 +181,10 @@ def stream(
     ] = True,
     json_out: JsonOpt = False,
     max_tokens: Annotated[
-        int | None, typer.Option("--max-tokens", help="Stop after this many tokens of input.")
+        int | None,
+        typer.Option(
+            "--max-tokens", help="Stop after this many tokens of input (default: read it all)."
+        ),
     ] = None,
     checkpoint_path: Annotated[
         Path | None,
@@ -223,7 +221,8 @@ def stream(
         checkpoint.check_target(checkpoint_path)
     if file == "-" and sys.stdin.isatty():
         raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
-    _warn_unused(ctx, method)
+    unused = [name for name, methods in USED_BY.items() if method not in methods]
+    warn_ignored(ctx, unused, f"with --method {method}")
     with open_input(file) as source:
         with err_console.status(f"loading {model} ..."):
             lm = load_model(model, device=device, dtype=dtype)
@@ -291,6 +290,7 @@ def stream(
             summary = {
                 "event": "summary",
                 **metrics.snapshot(),
+                "input_tokens": engine.seen - first,  # read, scored or not (--no-ppl)
                 "peak_rss_mb": round(peak_rss_mb(), 1),
                 "interrupted": interrupted,
                 "replaced_chars": stats.replaced,

@@ -34,6 +34,11 @@ BINARY_SNIFF_BYTES = 8192
 
 def refuse_binary(head: bytes, where: str) -> None:
     """InputError when the first ``BINARY_SNIFF_BYTES`` of an input hold a NUL byte."""
+    if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        raise InputError(
+            f"{where} is UTF-16 text: sepcli reads UTF-8 (convert it first, e.g. "
+            "`iconv -f UTF-16 -t UTF-8`)"
+        )
     if b"\x00" in head[:BINARY_SNIFF_BYTES]:
         raise InputError(f"{where} looks binary (NUL bytes): sepcli reads UTF-8 text")
 

@@ -143,7 +143,7 @@ def test_resume_refuses_another_input_or_nothing_left(tiny_dir, text, tmp_path):
     saved = ck.read_bytes()
     cases = [
         (text.replace("the", "a"), [], "not the ones the checkpoint was made from"),
-        (text[:200], [], "the input ends after"),
+        (text[:200], [], "before the checkpoint's 100:"),  # counts are tokens of input
         (text, ["--max-tokens", "100"], "nothing is left to stream"),
     ]
     for stdin, extra, match in cases:

@@ -576,6 +576,18 @@ def calibrate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("ask")(ask)
-    app.command("gemfilter")(gemfilter)
-    app.command("calibrate")(calibrate)
+    # short_help: one line each in `sepcli --help` (the docstrings are wrapped for the source)
+    app.command(
+        "ask",
+        short_help="Answer a question about a document, reading the top-k tokens GemFilter picks.",
+    )(ask)
+    app.command(
+        "gemfilter",
+        short_help="Print only the document text GemFilter keeps for a "
+        "question (to shrink a file for another tool).",
+    )(gemfilter)
+    app.command(
+        "calibrate",
+        short_help="Find and store the best GemFilter layer for a model "
+        "(needle-in-a-haystack over the essays).",
+    )(calibrate)

@@ -261,7 +261,9 @@ def stream(
         stats = ReadStats()
         blocks = stream_tokens(lm.tokenizer, source, stats, max_tokens)
         if resume is not None:  # read past what the checkpoint fed, checking it is the same
-            engine.fed, blocks = resume_from(blocks, state["engine"].get("input"), engine.seen)
+            engine.fed, blocks = resume_from(
+                blocks, state["engine"].get("input"), engine.seen, head=first
+            )
         if checkpoint_path is not None:
             checkpoint.probe(checkpoint_path)  # fail now, not after hours of streaming
 

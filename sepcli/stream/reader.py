@@ -173,12 +173,13 @@ class TokenDigest:
 
 
 def resume_from(
-    blocks: Iterable[list[int]], saved: dict | None, n: int
+    blocks: Iterable[list[int]], saved: dict | None, n: int, head: int = 0
 ) -> tuple[TokenDigest, Iterator[list[int]]]:
     """Read the first ``n`` ids of ``blocks`` (what a checkpoint already fed) and check them
     against the checkpoint's ``saved`` :meth:`TokenDigest.summary` (None: an older checkpoint,
     not checked). -> (the digest so far, the rest of the ids). Raises :class:`InputError` when
-    the input ends first or differs: resuming needs the input the checkpoint was made from."""
+    the input ends first or differs: resuming needs the input the checkpoint was made from.
+    ``head``: ids at the start that are not input (the BOS), left out of the counts in messages."""
     digest, it = TokenDigest(), iter(blocks)
     rest: list[int] = []
     for block in it:
@@ -192,12 +193,13 @@ def resume_from(
     got = digest.summary()
     if got["tokens"] < n:
         raise InputError(
-            f"the input ends after {got['tokens']} tokens, before the checkpoint's {n}: "
+            f"the input ends after {got['tokens'] - head} tokens, before the checkpoint's "
+            f"{n - head}: "
             "resume with the input the checkpoint was made from"
         )
     if saved is not None and saved.get("sha256") != got["sha256"]:
         raise InputError(
-            f"the input's first {n} tokens are not the ones the checkpoint was made from: "
+            f"the input's first {n - head} tokens are not the ones the checkpoint was made from: "
             "resume with the same input"
         )
 

@@ -283,7 +283,8 @@ def show_selection(chosen: Selected) -> None:
     doc, offsets, n_doc = prompt.document, prompt.doc_offsets, prompt.doc_len
     # Without colour (stderr to a file or pipe, NO_COLOR) the highlight would vanish: kept runs
     # are bracketed instead.
-    opening, closing = ("", "") if err_console.color_system else (SHOW_OPEN, SHOW_CLOSE)
+    coloured = err_console.color_system and not err_console.no_color
+    opening, closing = ("", "") if coloured else (SHOW_OPEN, SHOW_CLOSE)
     text = Text()
     last_tok = 0
     for start, end in shown_ranges(kept, n_doc, SHOW_CONTEXT, SHOW_MIN_GAP):

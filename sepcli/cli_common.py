@@ -43,7 +43,12 @@ def warn_ignored(ctx: typer.Context, names: Iterable[str], why: str) -> None:
     for name in names:
         source = ctx.get_parameter_source(name)
         if source is not None and source.name == "COMMANDLINE":
-            err_console.print(f"[yellow]warning:[/] {flags[name]} has no effect {why}")
+            warn(f"{flags[name]} has no effect {why}")
+
+
+def warn(message: str) -> None:
+    """Print a one-line warning to stderr (the run goes on)."""
+    err_console.print(f"[yellow]warning:[/] {message}")
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

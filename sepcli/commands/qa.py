@@ -24,6 +24,7 @@ from sepcli.cli_common import (
     ModelOpt,
     err_console,
     guarded,
+    warn,
     warn_ignored,
 )
 from sepcli.errors import ConfigError, InputError
@@ -209,16 +210,10 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
         raise InputError("the question is empty")
     question, replaced = clean_question(question)
     if replaced:
-        err_console.print(
-            f"[yellow]warning:[/] {replaced} undecodable byte(s) in the question "
-            "replaced with U+FFFD"
-        )
+        warn(f"{replaced} undecodable byte(s) in the question replaced with U+FFFD")
     document, replaced = read_document(doc)
     if replaced:
-        err_console.print(
-            f"[yellow]warning:[/] {replaced} undecodable byte sequence(s) in the document "
-            "replaced with U+FFFD"
-        )
+        warn(f"{replaced} undecodable byte sequence(s) in the document replaced with U+FFFD")
     with err_console.status(f"loading {model} ..."):
         lm = load_model(model, device=device, dtype=dtype)
     if cfg.method == "gemfilter":

@@ -28,6 +28,7 @@ from sepcli.cli_common import (
     ModelOpt,
     err_console,
     guarded,
+    warn,
     warn_ignored,
 )
 from sepcli.errors import CheckpointError, ConfigError, InputError
@@ -215,7 +216,7 @@ def stream(
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     if every is not None and (every < 1 or checkpoint_path is None):
         raise ConfigError("--every N needs N >= 1 and --checkpoint PATH")
-    if not interval >= 0 or math.isinf(interval):
+    if not math.isfinite(interval) or interval < 0:
         raise ConfigError(f"--interval must be a number of seconds >= 0, got {interval}")
     if checkpoint_path is not None:
         checkpoint.check_target(checkpoint_path)
@@ -303,9 +304,7 @@ def stream(
         if failed is not None:
             raise failed
         if stats.replaced:
-            err_console.print(
-                f"[yellow]warning:[/] {stats.replaced} undecodable byte sequence(s) replaced with U+FFFD"
-            )
+            warn(f"{stats.replaced} undecodable byte sequence(s) replaced with U+FFFD")
         if checkpoint_path is not None:
             err_console.print(
                 f"[dim]checkpoint written to {checkpoint_path} ({engine.seen - first} tokens of "

@@ -60,17 +60,21 @@ def check_target(path: str | Path) -> None:
         )
 
 
+def _temp_beside(path: Path, suffix: str) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder (created if missing): (fd, its path)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+
+
 def probe(path: str | Path) -> None:
     """Check now that ``path`` can be written (its folder is created if missing), so a run does
     not find out at its end. Leaves no file behind."""
-    path = Path(path).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".probe", dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    fd, tmp = _temp_beside(Path(path).expanduser(), ".probe")
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) -> None:
@@ -79,11 +83,7 @@ def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) 
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a directory")
     payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "metrics": metrics_state}
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
+    fd, tmp = _temp_beside(path, ".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(payload, f)

@@ -35,7 +35,6 @@ from sepcli.gemfilter import calibrate as cal  # noqa: E402
 from sepcli.gemfilter.config import QAConfig  # noqa: E402
 from sepcli.gemfilter.filter import layer_scores, select, select_spans  # noqa: E402
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
-from sepcli.gemfilter.memory import PeakMemory  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
 from sepcli.gemfilter.pipeline import (  # noqa: E402
     answer_text,
@@ -45,6 +44,7 @@ from sepcli.gemfilter.pipeline import (  # noqa: E402
     sentence_units,
 )
 from sepcli.gemfilter.segments import split_scores  # noqa: E402
+from sepcli.memory import PeakMemory  # noqa: E402
 from sepcli.models import load_model  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"

@@ -28,11 +28,11 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the inst
 
 import torch  # noqa: E402
 
+from sepcli.memory import peak_rss_mb, rss_mb  # noqa: E402
 from sepcli.models import load_model  # noqa: E402
 from sepcli.separators import SEPARATOR_CHARS, separator_mask  # noqa: E402
 from sepcli.stream.config import StreamConfig  # noqa: E402
 from sepcli.stream.engine import StreamEngine  # noqa: E402
-from sepcli.stream.metrics import peak_rss_mb, rss_mb  # noqa: E402
 from sepcli.stream.reader import start_token  # noqa: E402
 from sepcli.texts import essays_text  # noqa: E402
 

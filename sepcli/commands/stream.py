@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
@@ -26,46 +23,31 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    dtype_name,
     err_console,
     guarded,
+    load,
+    out_console,
     warn,
-    warn_ignored,
 )
+from sepcli.commands.cache_options import (
+    DEFAULT_CACHE,
+    CapacityOpt,
+    ChunkOpt,
+    InitOpt,
+    MethodOpt,
+    SepOpt,
+    WindowOpt,
+    cache_config,
+)
+from sepcli.commands.interrupt import StopFlag
 from sepcli.errors import CheckpointError, ConfigError, InputError
-from sepcli.models import DTYPE_NAMES, load_model
+from sepcli.memory import peak_rss_mb
 from sepcli.separators import separator_mask
 from sepcli.stream import checkpoint
-from sepcli.stream.config import METHODS, StreamConfig
 from sepcli.stream.engine import StreamEngine
-from sepcli.stream.metrics import RunMetrics, peak_rss_mb
+from sepcli.stream.metrics import RunMetrics
 from sepcli.stream.reader import ReadStats, open_input, resume_from, start_token, stream_tokens
-
-D = StreamConfig()  # defaults are defined once, in the config
-
-
-class _StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to stop after the current piece (a second Ctrl-C aborts)."""
-
-    def __init__(self):
-        self.requested = False
-        self.signum = 0  # the signal that asked to stop
-        self._saved = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._saved[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.requested, self.signum = True, signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._saved.items():
-            signal.signal(sig, handler)
-        return False
 
 
 class _JsonLines:
@@ -94,10 +76,9 @@ class _LiveView:
     """A rich table refreshed in place on the terminal."""
 
     def __init__(self, interval: float):
-        self.console = Console(highlight=False)
         self.interval, self._last = min(interval, 0.25), 0.0
         self.live = Live(
-            _table({"tokens": 0}), console=self.console, refresh_per_second=4, transient=False
+            _table({"tokens": 0}), console=out_console, refresh_per_second=4, transient=False
         )
 
     def __enter__(self):
@@ -135,47 +116,17 @@ def _table(snap: dict, title: str = "streaming") -> Table:
     return table
 
 
-# Options that only some methods read: {option: methods that use it}.
-USED_BY = {
-    "sep": ("sepllm",),
-    "window": ("sepllm",),
-    "capacity": ("sepllm", "streamingllm", "window"),
-}
-
-
 @guarded
 def stream(
     ctx: typer.Context,
     file: Annotated[str, typer.Argument(help="Text file to stream, or '-' for stdin.")] = "-",
     model: ModelOpt = MODEL_DEFAULT,
-    method: Annotated[
-        str, typer.Option(help=f"KV cache policy: {' | '.join(METHODS)}.")
-    ] = D.method,
-    init: Annotated[
-        int, typer.Option("--init", help="Initial (sink) tokens kept forever.")
-    ] = D.init,
-    sep: Annotated[
-        int, typer.Option("--sep", help="Separator tokens kept from older text (sepllm).")
-    ] = D.sep,
-    window: Annotated[
-        int, typer.Option("--window", help="Local window of newest tokens (sepllm).")
-    ] = D.window,
-    capacity: Annotated[
-        int,
-        typer.Option(
-            "--capacity",
-            help="Max KV cache slots, at most the model's context (sepllm: > init+sep+window; "
-            "full: the model's context).",
-        ),
-    ] = D.capacity,
-    chunk: Annotated[
-        int | None,
-        typer.Option(
-            "--chunk",
-            help="Tokens per forward pass, at most --window (1 = token by token; the result is "
-            "the same for any chunk; default: min(224, --window)).",
-        ),
-    ] = None,
+    method: MethodOpt = DEFAULT_CACHE.method,
+    init: InitOpt = DEFAULT_CACHE.init,
+    sep: SepOpt = DEFAULT_CACHE.sep,
+    window: WindowOpt = DEFAULT_CACHE.window,
+    capacity: CapacityOpt = DEFAULT_CACHE.capacity,
+    chunk: ChunkOpt = None,
     ppl: Annotated[
         bool,
         typer.Option("--ppl/--no-ppl", help="Score perplexity (--no-ppl only fills the cache)."),
@@ -209,9 +160,7 @@ def stream(
 ) -> None:
     """Stream a text of any length through the model with a fixed KV cache; report perplexity."""
     # Every check on user input happens before the model loads and before anything is written.
-    config = StreamConfig(
-        method=method, init=init, sep=sep, window=window, capacity=capacity, chunk=chunk
-    )
+    config = cache_config(ctx, method, init, sep, window, capacity, chunk)
     if max_tokens is not None and max_tokens < 1:
         raise ConfigError(f"--max-tokens must be >= 1, got {max_tokens}")
     if every is not None and (every < 1 or checkpoint_path is None):
@@ -222,14 +171,12 @@ def stream(
         checkpoint.check_target(checkpoint_path)
     if file == "-" and sys.stdin.isatty():
         raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
-    unused = [name for name, methods in USED_BY.items() if method not in methods]
-    warn_ignored(ctx, unused, f"with --method {method}")
     with open_input(file) as source:
-        with err_console.status(f"loading {model} ..."):
-            lm = load_model(model, device=device, dtype=dtype)
-            engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
+        lm = load(model, device, dtype)
+        engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
         metrics = RunMetrics(engine.capacity)
         meta = {
+            "kind": "stream",
             "model": checkpoint.model_fingerprint(lm.model, lm.name),
             "config": config.to_dict(),
         }
@@ -248,7 +195,7 @@ def stream(
         run_info = {
             "model": lm.name,
             "device": str(lm.device),
-            "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
+            "dtype": dtype_name(lm),
             "input": file,
             "max_tokens": max_tokens,
             "resumed_at": engine.seen - first if resume else None,
@@ -274,7 +221,7 @@ def stream(
         use_json = json_out or not sys.stdout.isatty()
         renderer = _JsonLines(interval) if use_json else _LiveView(interval)
         interrupted, last_saved = False, engine.seen
-        with _StopFlag() as stop, renderer:
+        with StopFlag() as stop, renderer:
             for piece in engine.run(blocks):
                 metrics.update(piece)
                 renderer.progress(metrics.snapshot())

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ import torch
 
 from sepcli import arch
 from sepcli.errors import ConfigError
+from sepcli.files import write_atomic
 from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW, check_unit
 from sepcli.gemfilter.filter import layer_scores, select_spans, smooth_scores
 from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
@@ -166,9 +165,8 @@ def calibration_path(model_name: str, model_source: str) -> Path:
 
 
 def save(model_name: str, model_source: str, curve: Curve, extra: dict | None = None) -> Path:
-    """Write the choice atomically (tmp file + os.replace); returns the path."""
+    """Write the choice atomically; returns the path."""
     path = calibration_path(model_name, model_source)
-    path.parent.mkdir(parents=True, exist_ok=True)
     record = {
         "model": model_name,
         "source": model_source,
@@ -183,14 +181,8 @@ def save(model_name: str, model_source: str, curve: Curve, extra: dict | None = 
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         **(extra or {}),
     }
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=1)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    data = json.dumps(record, indent=1).encode()
+    write_atomic(path, lambda f: f.write(data), ConfigError, "calibration record")
     return path
 
 

@@ -17,9 +17,9 @@ from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.filter import select, select_spans
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
-from sepcli.gemfilter.memory import PeakMemory
 from sepcli.gemfilter.prompt import MAX_SENTENCE_TOKENS, Prompt, build_prompt
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
+from sepcli.memory import PeakMemory
 
 
 @dataclass

@@ -8,14 +8,13 @@ same input and skips the tokens already fed, so the final perplexity equals an u
 from __future__ import annotations
 
 import hashlib
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from sepcli import arch
 from sepcli.errors import CheckpointError
+from sepcli.files import probe_writable, write_atomic
 
 FORMAT = "sepcli-stream-checkpoint/1"
 
@@ -60,43 +59,18 @@ def check_target(path: str | Path) -> None:
         )
 
 
-def _temp_beside(path: Path, suffix: str) -> tuple[int, str]:
-    """A new temporary file in ``path``'s folder (created if missing): (fd, its path)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(prefix=path.name + ".", suffix=suffix, dir=path.parent)
-    except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from None
-
-
 def probe(path: str | Path) -> None:
-    """Check now that ``path`` can be written (its folder is created if missing), so a run does
-    not find out at its end. Leaves no file behind."""
-    fd, tmp = _temp_beside(Path(path).expanduser(), ".probe")
-    os.close(fd)
-    os.unlink(tmp)
+    """Check now that ``path`` can be written, so a run does not find out at its end."""
+    probe_writable(Path(path).expanduser(), CheckpointError, "checkpoint")
 
 
 def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) -> None:
-    """Write atomically: a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write atomically (:func:`sepcli.files.write_atomic`)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a directory")
     payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "metrics": metrics_state}
-    fd, tmp = _temp_beside(path, ".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise CheckpointError(
-                f"cannot write checkpoint {path}: {exc.strerror or exc}"
-            ) from None
-        raise
+    write_atomic(path, lambda f: torch.save(payload, f), CheckpointError, "checkpoint")
 
 
 def load(path: str | Path, meta: dict) -> dict:
@@ -109,7 +83,8 @@ def load(path: str | Path, meta: dict) -> dict:
     payload = _read(path)
     if payload is None:
         raise CheckpointError(f"{path} is not a readable sepcli checkpoint")
-    diffs = _differences(payload.get("meta", {}), meta)
+    # ``kind`` names the command that wrote it; checkpoints from before it had one are streams'.
+    diffs = _differences({"kind": "stream", **payload.get("meta", {})}, meta)
     if diffs:
         raise CheckpointError(f"checkpoint {path} was written for another run: {'; '.join(diffs)}")
     return payload

@@ -3,28 +3,13 @@
 from __future__ import annotations
 
 import math
-import resource
 import time
 from collections import deque
 
+from sepcli.memory import rss_mb
 from sepcli.stream.engine import PieceStats
 
 RECENT_TOKENS = 1024
-
-
-def rss_mb() -> float:
-    """Current resident memory of this process in MiB (Linux /proc; 0 where unavailable)."""
-    try:
-        with open("/proc/self/statm") as f:
-            pages = int(f.read().split()[1])
-        return pages * resource.getpagesize() / 2**20
-    except (OSError, ValueError, IndexError):
-        return 0.0
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class RunMetrics:

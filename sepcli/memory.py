@@ -1,4 +1,5 @@
-"""Peak memory of a block of work: CUDA allocator peak on GPU, peak RSS growth on CPU.
+"""Memory of this process: current and peak resident set size, and the peak of a block of work
+(CUDA allocator peak on GPU, peak RSS growth on CPU).
 
 On CUDA the figure is ``torch.cuda.max_memory_allocated`` (weights included, as the paper
 reports it). On CPU there is no resettable peak counter, so a background thread samples the
@@ -18,12 +19,27 @@ _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def rss_bytes() -> int:
-    """Current resident set size of this process."""
+    """Current resident set size of this process (Linux /proc; elsewhere the lifetime peak)."""
     try:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * _PAGE
-    except OSError:  # not Linux: the lifetime peak is the best we have
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    except (OSError, ValueError, IndexError):
+        return peak_rss_bytes()
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_mb() -> float:
+    """Current resident set size in MiB."""
+    return rss_bytes() / 2**20
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size so far in MiB."""
+    return peak_rss_bytes() / 2**20
 
 
 class PeakMemory:

@@ -52,6 +52,25 @@ def shape_of(model) -> Shape:
     )
 
 
+@dataclass(frozen=True)
+class Rope:
+    """A model's rotary embedding: inverse frequencies [R/2] (fp32) and HF's ``attention_scaling``
+    (a multiplier on cos/sin; 1.0 for plain RoPE)."""
+
+    inv_freq: torch.Tensor
+    scale: float
+
+
+def rope_of(model) -> Rope:
+    """The model's RoPE parameters, on its device."""
+    rotary = backbone(model).rotary_emb
+    device = next(model.parameters()).device
+    return Rope(
+        rotary.inv_freq.to(device, torch.float32),
+        float(getattr(rotary, "attention_scaling", 1.0)),
+    )
+
+
 def backbone(model):
     """The decoder stack (``model.model`` for *ForCausalLM)."""
     inner = getattr(model, "model", None)

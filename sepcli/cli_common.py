@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import time
 from collections.abc import Iterable
 from typing import Annotated
 
@@ -47,6 +48,22 @@ def load(model: str, device: str, dtype: str) -> LoadedModel:
 def dtype_name(lm: LoadedModel) -> str:
     """The dtype as the CLI spells it (bf16, fp32, ...)."""
     return DTYPE_NAMES.get(lm.dtype, str(lm.dtype))
+
+
+class Throttle:
+    """``due(force=False)`` is True at most once per ``interval`` seconds (progress reports);
+    ``start_due``: the first call is due at once, else only after one interval."""
+
+    def __init__(self, interval: float, start_due: bool = True):
+        self.interval = interval
+        self._last = float("-inf") if start_due else time.perf_counter()
+
+    def __call__(self, force: bool = False) -> bool:
+        now = time.perf_counter()
+        if force or now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False
 
 
 def warn_ignored(ctx: typer.Context, names: Iterable[str], why: str) -> None:

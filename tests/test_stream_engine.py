@@ -38,30 +38,43 @@ def hf_nll(model, ids):
 # ---------------------------------------------------------------------- the naive reference
 
 
-def naive_nll(model, ids, method, a, s, w, c, sep_ids):
+def naive_evict(kept, method, a, s, w):
+    """The methods' rules on a python list of entries (oldest first), once it is over budget."""
+    if method == "sepllm":
+        middle = [e for i, e in enumerate(kept) if e["idx"] >= a and i < len(kept) - w]
+        mid_seps = [e for e in middle if e["sep"]]
+        # the newest s separators: count them off one by one (no slicing arithmetic)
+        keep_ids = set()
+        for e in reversed(mid_seps):
+            if len(keep_ids) == s:
+                break
+            keep_ids.add(e["idx"])
+        return [e for e in kept if e not in middle or e["idx"] in keep_ids]
+    if method == "streamingllm":
+        first_recent = next(i for i, e in enumerate(kept) if e["idx"] >= a)
+        return kept[:first_recent] + kept[first_recent + 1 :]
+    if method == "window":
+        return kept[1:]
+    return kept
+
+
+def naive_nll(model, ids, method, a, s, w, c, sep_ids, official=False):
     """Token by token; python lists of per-token pre-RoPE K/V; torch.cat and re-rotate everything
-    at cache positions 0..L each step; attention written out with softmax."""
+    at cache positions 0..L each step; attention written out with softmax.
+
+    ``official=False``: sepcli's timing, a token attends to at most ``c`` entries with itself
+    (evict before it is written). ``official=True``: the timing of the official loops
+    (StreamingLLM's eval_long_ppl.py, which SepLLM's streaming evaluation builds on): the token
+    attends to the ``c`` cached entries plus itself, and eviction runs after the forward on the
+    ``c + 1`` entries that then exist."""
     shape = arch.shape_of(model)
     layers = arch.decoder_layers(model)
     kept = []  # entries: {"idx": text index, "sep": bool, "k": [per layer (Hkv, D)], "v": [...]}
     out = []
     prev_logits = None
     for t, tok in enumerate(ids):
-        if method == "sepllm" and len(kept) + 1 > c:
-            middle = [e for i, e in enumerate(kept) if e["idx"] >= a and i < len(kept) - w]
-            mid_seps = [e for e in middle if e["sep"]]
-            # the newest s separators: count them off one by one (no slicing arithmetic)
-            keep_ids = set()
-            for e in reversed(mid_seps):
-                if len(keep_ids) == s:
-                    break
-                keep_ids.add(e["idx"])
-            kept = [e for e in kept if e not in middle or e["idx"] in keep_ids]
-        elif method == "streamingllm" and len(kept) + 1 > c:
-            first_recent = next(i for i, e in enumerate(kept) if e["idx"] >= a)
-            del kept[first_recent]
-        elif method == "window" and len(kept) + 1 > c:
-            del kept[0]
+        if not official and len(kept) + 1 > c:
+            kept = naive_evict(kept, method, a, s, w)
         entry = {"idx": t, "sep": tok in sep_ids, "k": [], "v": []}
         kept.append(entry)
         n = len(kept)
@@ -85,6 +98,8 @@ def naive_nll(model, ids, method, a, s, w, c, sep_ids):
         if prev_logits is not None:
             out.append(F.cross_entropy(prev_logits[None], torch.tensor([tok])))
         prev_logits = logits
+        if official and len(kept) > c:
+            kept = naive_evict(kept, method, a, s, w)
     return torch.stack(out)
 
 
@@ -144,6 +159,36 @@ def test_chunk1_equals_naive_reference_with_many_wraparounds(
 
 
 @torch.inference_mode()
+@pytest.mark.parametrize("method", ["sepllm", "streamingllm", "window"])
+def test_capacity_c_plus_one_equals_the_official_loops_at_c(tiny_llama, seps, text_ids, method):
+    """docs/stream.md: the official loops' c is sepcli's --capacity c + 1 (the ring holds the
+    token being processed too), checked against a naive loop in the official timing, with the
+    default chunk and with many compressions/evictions; --capacity c itself differs."""
+    model = tiny_llama(
+        layers=2,
+        hidden=48,
+        heads=6,
+        kv_heads=2,
+        seed=11,
+        max_positions=512,
+        initializer_range=SHARP,
+    )
+    ids = text_ids[:240]
+    a, s, w, c = 2, 4, 8, 24  # official c; a + s + w < c
+    sep_ids = set(torch.nonzero(seps).squeeze(-1).tolist())
+    ref = naive_nll(model, ids, method, a, s, w, c, sep_ids, official=True)
+    for chunk in (1, 8):
+        cfg = StreamConfig(method=method, init=a, sep=s, window=w, capacity=c + 1, chunk=chunk)
+        engine, nll, _ = run_engine(model, cfg, seps, ids)
+        torch.testing.assert_close(nll, ref, rtol=1e-4, atol=1e-4)
+        assert engine.config.paper_c == c
+    same_c = StreamConfig(method=method, init=a, sep=s, window=w, capacity=c, chunk=1)
+    _, nll_c, _ = run_engine(model, same_c, seps, ids)
+    assert not torch.allclose(nll_c, ref, rtol=1e-3, atol=1e-3)  # one slot less: another run
+    assert len(ids) > 8 * c  # many compressions / evictions
+
+
+@torch.inference_mode()
 @pytest.mark.parametrize(
     "sizes,chunk",
     [
@@ -162,7 +207,7 @@ def test_chunked_sepllm_equals_token_by_token(tiny_llama, seps, text_ids, sizes,
     _, nlln, stats = run_engine(model, cfgn, seps, ids)
     torch.testing.assert_close(nlln, nll1, rtol=1e-5, atol=1e-5)
     assert max(s.tokens for s in stats) == chunk
-    assert max(s.pieces for s in stats) > 1  # compressions fell inside chunks
+    assert max(s.steps for s in stats) > 1  # compressions fell inside chunks
     # the cache state after each chunk is the one token-by-token feeding reaches there
     after1 = {s.seen: s.cache_used for s in stats1}
     assert all(after1[s.seen] == s.cache_used for s in stats)
@@ -243,8 +288,8 @@ def test_transformers_cache_adapter_matches_the_engine(tiny_llama, seps, text_id
     cache = SepLLMCache(model, cfg, seps)
     rows = []
     for i in range(0, len(ids), cfg.chunk):
-        for piece in cache.pieces(torch.tensor([ids[i : i + cfg.chunk]])):
-            rows.append(model(piece, past_key_values=cache).logits[0].float())
+        for step in cache.steps(torch.tensor([ids[i : i + cfg.chunk]])):
+            rows.append(model(step, past_key_values=cache).logits[0].float())
     logits = torch.cat(rows)
     nll = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
     assert cache.ring.used <= 32 and cache.seen == len(ids)
@@ -260,7 +305,7 @@ def test_default_chunk_is_capped_by_the_window():
 
 
 def test_compression_keeps_every_separator_while_fewer_than_sep():
-    from sepcli.stream.policy import SepLLMPolicy
+    from sepcli.stream.methods.sepllm import SepLLM
     from sepcli.stream.ring import RingKV
 
     cfg = StreamConfig(init=2, sep=8, window=4, capacity=20, chunk=1)
@@ -269,13 +314,13 @@ def test_compression_keeps_every_separator_while_fewer_than_sep():
     is_sep = torch.zeros(20, dtype=torch.bool)
     is_sep[[3, 5, 7, 9, 12, 17]] = True  # 17 is inside the local window (16..19)
     ring.claim(text, is_sep)
-    SepLLMPolicy(cfg, 20).compress(ring)
+    SepLLM(cfg).compress(ring)
     kept = sorted(ring.text_idx[ring.kept_slots()].tolist())
     assert kept == [0, 1, 3, 5, 7, 9, 12, 16, 17, 18, 19]  # all 5 separators: 5 < sep = 8
     # more separators than `sep`: only the newest `sep` stay
     cfg = StreamConfig(init=2, sep=2, window=4, capacity=20, chunk=1)
     ring = RingKV(1, 1, 2, 20, device="cpu", dtype=torch.float32)
     ring.claim(text, is_sep)
-    SepLLMPolicy(cfg, 20).compress(ring)
+    SepLLM(cfg).compress(ring)
     assert sorted(ring.text_idx[ring.kept_slots()].tolist()) == [0, 1, 9, 12, 16, 17, 18, 19]
     # the naive reference of the tests above had the same slicing slip; this case pins it

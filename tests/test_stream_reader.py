@@ -12,16 +12,10 @@ import torch
 
 from sepcli.errors import InputError
 from sepcli.separators import separator_mask
+from sepcli.stream.checkpoint import TokenDigest, resume_from
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
-from sepcli.stream.reader import (
-    ReadStats,
-    TokenDigest,
-    limit,
-    resume_from,
-    safe_cut,
-    stream_tokens,
-)
+from sepcli.stream.reader import ReadStats, limit, safe_cut, stream_tokens
 from sepcli.texts import essays_text
 
 

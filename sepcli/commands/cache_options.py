@@ -27,8 +27,9 @@ CapacityOpt = Annotated[
     int,
     typer.Option(
         "--capacity",
-        help="Max KV cache slots, at most the model's context (sepllm: > init+sep+window; "
-        "full: the model's context).",
+        help="KV cache slots, the current token's included, at most the model's context "
+        "(sepllm: > init+sep+window; full: the model's context). The paper's and official "
+        "loops' c is --capacity c+1 (they attend to c cached tokens plus the current one).",
     ),
 ]
 ChunkOpt = Annotated[

@@ -1,10 +1,10 @@
-"""SepLLM streaming: a fixed ring KV cache, keep/evict policies, and the layer-by-layer engine.
+"""SepLLM streaming: a fixed ring KV cache, the cache methods, and the layer-by-layer engine.
 
-Data flow: :mod:`reader` (bytes -> token ids) -> :mod:`engine` (pieces -> model over the
-:mod:`ring` under a :mod:`policy`) -> :mod:`metrics`; :mod:`checkpoint` saves and restores it.
+Data flow: :mod:`reader` (bytes -> token ids) -> :mod:`engine` (chunks -> model over the
+:mod:`ring` under one of the :mod:`methods`) -> :mod:`metrics`; :mod:`checkpoint` saves and restores it.
 """
 
 from sepcli.stream.config import METHODS, StreamConfig
-from sepcli.stream.engine import PieceStats, StreamEngine
+from sepcli.stream.engine import ChunkStats, StreamEngine
 
-__all__ = ["METHODS", "PieceStats", "StreamConfig", "StreamEngine"]
+__all__ = ["METHODS", "ChunkStats", "StreamConfig", "StreamEngine"]

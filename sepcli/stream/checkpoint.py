@@ -1,19 +1,25 @@
-"""Save and restore a stream mid-way: ring, counters and running metrics, written atomically.
+"""What a checkpoint holds and how a resume checks it: the one module for both.
 
-A checkpoint records what it was made with (model fingerprint + stream config); resuming with
-anything else is refused, as is a file that is not a readable checkpoint. Resuming re-reads the
-same input and skips the tokens already fed, so the final perplexity equals an uninterrupted run.
+A checkpoint holds the engine (ring, counters, the last logits, a digest of the tokens fed), the
+state of what runs on top of it (a stream's running metrics, a chat's conversation) and what it
+was made with (``meta``: the command that wrote it, the model fingerprint, the cache config).
+It is written atomically. Resuming with another command, model or config is refused with the
+fields that differ, as is a file that is not a readable checkpoint. A resumed stream re-reads the
+same input, checks the tokens the checkpoint already fed against their digest and skips them, so
+the final perplexity equals an uninterrupted run's.
 """
 
 from __future__ import annotations
 
 import hashlib
+from array import array
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import torch
 
 from sepcli import arch
-from sepcli.errors import CheckpointError
+from sepcli.errors import CheckpointError, InputError
 from sepcli.files import probe_writable, write_atomic
 
 FORMAT = "sepcli-stream-checkpoint/1"
@@ -34,6 +40,48 @@ def model_fingerprint(model, name: str) -> dict:
         "dtype": str(emb.dtype).replace("torch.", ""),
         "weights_sha": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16],
     }
+
+
+class Checkpointed:
+    """One run's checkpointing: the ``meta`` it records, restoring a checkpoint into the engine
+    and into the state on top of it (``extra``: anything with state_dict/load_state_dict), and,
+    for a stream that re-reads its input, skipping what was already fed after checking it.
+
+    head : tokens at the start of the engine's stream that are not input (the BOS), so that
+        counts shown to the user are tokens of input.
+    """
+
+    def __init__(self, kind: str, lm, config, engine, extra, head: int = 0):
+        self.meta = {
+            "kind": kind,
+            "model": model_fingerprint(lm.model, lm.name),
+            "config": config.to_dict(),
+        }
+        self.engine, self.extra, self.head = engine, extra, head
+        self._saved_input: dict | None = None
+
+    @property
+    def input_tokens(self) -> int:
+        """Tokens of input the engine has read (restored ones included)."""
+        return self.engine.seen - self.head
+
+    def restore(self, path: str | Path) -> None:
+        """Load ``path`` (refused unless its meta matches) into the engine and ``extra``."""
+        payload = load(path, self.meta)
+        self.engine.load_state_dict(payload["engine"])
+        self.extra.load_state_dict(payload["metrics"])
+        self._saved_input = payload["engine"].get("input")
+
+    def skip_fed(self, blocks: Iterable[list[int]]) -> Iterator[list[int]]:
+        """The input after what the restored checkpoint fed; InputError unless those first
+        tokens are the ones it was made from. The engine's digest continues from them."""
+        self.engine.fed, rest = resume_from(
+            blocks, self._saved_input, self.engine.seen, head=self.head
+        )
+        return rest
+
+    def save(self, path: str | Path) -> None:
+        save(path, self.meta, self.engine.state_dict(), self.extra.state_dict())
 
 
 def _read(path: Path):
@@ -64,12 +112,13 @@ def probe(path: str | Path) -> None:
     probe_writable(Path(path).expanduser(), CheckpointError, "checkpoint")
 
 
-def save(path: str | Path, meta: dict, engine_state: dict, metrics_state: dict) -> None:
-    """Write atomically (:func:`sepcli.files.write_atomic`)."""
+def save(path: str | Path, meta: dict, engine_state: dict, extra_state: dict) -> None:
+    """Write atomically (:func:`sepcli.files.write_atomic`). ``extra_state``: what runs on top
+    of the engine (a stream's metrics, a chat's conversation), stored under "metrics"."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a directory")
-    payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "metrics": metrics_state}
+    payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "metrics": extra_state}
     write_atomic(path, lambda f: torch.save(payload, f), CheckpointError, "checkpoint")
 
 
@@ -99,3 +148,80 @@ def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
         elif a != b:
             out.append(f"{prefix}{key} is {a!r} there, {b!r} here")
     return out
+
+
+class TokenDigest:
+    """SHA-256 of a stream of token ids, the same however the stream is cut into blocks.
+
+    Ids are hashed in groups of ``GROUP`` (each group's digest chains the previous one), so the
+    value depends only on the ids and their order. A checkpoint records :meth:`summary` (count
+    and digest); a resumed run recomputes it from its input and compares.
+    """
+
+    GROUP = 4096
+
+    def __init__(self) -> None:
+        self._folded = 0  # ids already hashed into the chain
+        self._chain = bytes(32)
+        self._pending: list[int] = []
+
+    @property
+    def tokens(self) -> int:
+        return self._folded + len(self._pending)
+
+    def update(self, ids: Iterable[int]) -> None:
+        self._pending.extend(ids)
+        done = 0
+        while len(self._pending) - done >= self.GROUP:
+            self._chain = self._hash(self._pending[done : done + self.GROUP])
+            done += self.GROUP
+        del self._pending[:done]
+        self._folded += done
+
+    def _hash(self, ids: list[int]) -> bytes:
+        return hashlib.sha256(self._chain + array("q", ids).tobytes()).digest()
+
+    def hexdigest(self) -> str:
+        return self._hash(self._pending).hex()
+
+    def summary(self) -> dict:
+        return {"tokens": self.tokens, "sha256": self.hexdigest()}
+
+
+def resume_from(
+    blocks: Iterable[list[int]], saved: dict | None, n: int, head: int = 0
+) -> tuple[TokenDigest, Iterator[list[int]]]:
+    """Read the first ``n`` ids of ``blocks`` (what a checkpoint already fed) and check them
+    against the checkpoint's ``saved`` :meth:`TokenDigest.summary` (None: an older checkpoint,
+    not checked). -> (the digest so far, the rest of the ids). Raises :class:`InputError` when
+    the input ends first or differs: resuming needs the input the checkpoint was made from.
+    ``head``: ids at the start that are not input (the BOS), left out of the counts in messages."""
+    digest, it = TokenDigest(), iter(blocks)
+    rest: list[int] = []
+    for block in it:
+        take = min(len(block), n - digest.tokens)
+        digest.update(block[:take])
+        if take < len(block):
+            rest = block[take:]
+            break
+        if digest.tokens == n:
+            break
+    got = digest.summary()
+    if got["tokens"] < n:
+        raise InputError(
+            f"the input ends after {got['tokens'] - head} tokens, before the checkpoint's "
+            f"{n - head}: "
+            "resume with the input the checkpoint was made from"
+        )
+    if saved is not None and saved.get("sha256") != got["sha256"]:
+        raise InputError(
+            f"the input's first {n - head} tokens are not the ones the checkpoint was made from: "
+            "resume with the same input"
+        )
+
+    def remaining() -> Iterator[list[int]]:
+        if rest:
+            yield rest
+        yield from it
+
+    return digest, remaining()

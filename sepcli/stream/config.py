@@ -14,8 +14,6 @@ from dataclasses import asdict, dataclass
 from sepcli.errors import ConfigError
 
 METHODS = ("sepllm", "streamingllm", "window", "full")
-# Methods that evict one token per token once full (sinks + a sliding window of recent tokens).
-SLIDING = ("streamingllm", "window")
 # Tokens per forward when not given (capped by the window). Larger chunks run bigger matmuls;
 # bench/stream.py throughput measured 64/128/224 side by side, and 224 was the fastest.
 DEFAULT_CHUNK = 224
@@ -31,8 +29,12 @@ class StreamConfig:
     init : the first tokens of the stream, kept forever (attention sinks).
     sep : most separator tokens kept from text older than the local window.
     window : the newest tokens, always kept (sepllm only).
-    capacity : most tokens in the cache, including those being processed. ``full`` ignores it
-        and uses the model's context length.
+    capacity : ring slots: most tokens in the cache, including the token being processed (a
+        token attends to at most ``capacity`` entries, itself included). The official loops
+        the paper's numbers come from attend to ``c`` cached entries *plus* the token and evict
+        afterwards, so their ``c`` is ``capacity - 1`` (:attr:`paper_c`): ``--capacity c + 1``
+        reproduces them exactly (docs/stream.md). ``full`` ignores it and uses the model's
+        context length.
     chunk : tokens per forward pass, at most ``window``; None picks ``min(DEFAULT_CHUNK, window)``.
         1 is the paper's token-by-token evaluation; every method gives the same result for any
         chunk (up to float rounding; see docs/stream.md), larger chunks are faster.
@@ -77,5 +79,16 @@ class StreamConfig:
                 f"{self.init} sink tokens"
             )
 
+    @property
+    def paper_c(self) -> int | None:
+        """The official loops' (and the paper's) c that this capacity reproduces exactly:
+        ``capacity - 1``; None for ``full``."""
+        return None if self.method == "full" else self.capacity - 1
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def resolved(self, ring_slots: int) -> dict:
+        """The config as a run records it (JSON output): the fields, the ring's actual slots
+        (the model's context for ``full``) and the paper's equivalent c."""
+        return {**self.to_dict(), "capacity": ring_slots, "paper_c": self.paper_c}

@@ -7,13 +7,13 @@ import time
 from collections import deque
 
 from sepcli.memory import rss_mb
-from sepcli.stream.engine import PieceStats
+from sepcli.stream.engine import ChunkStats
 
 RECENT_TOKENS = 1024
 
 
 class RunMetrics:
-    """Accumulates :class:`PieceStats`; ``snapshot()`` gives the numbers the CLI reports.
+    """Accumulates :class:`ChunkStats`; ``snapshot()`` gives the numbers the CLI reports.
 
     ``tokens`` counts scored tokens (every token but the stream's first). Speed counts the
     tokens processed in this process only, so a resumed run reports its own speed.
@@ -25,18 +25,18 @@ class RunMetrics:
         self.tokens = 0
         self.nll_sum = 0.0
         self.cache_used = 0
-        self._window: deque[tuple[int, float]] = deque()  # (scored, nll_sum) of recent pieces
+        self._window: deque[tuple[int, float]] = deque()  # (scored, nll_sum) of recent chunks
         self._window_tokens = 0
         self._window_nll = 0.0
         self._session_tokens = 0
         self._start = time.perf_counter()
 
-    def update(self, piece: PieceStats) -> None:
-        self.tokens += piece.scored
-        self.nll_sum += piece.nll_sum
-        self.cache_used = piece.cache_used
-        self._session_tokens += piece.tokens
-        self._push(piece.scored, piece.nll_sum)
+    def update(self, chunk: ChunkStats) -> None:
+        self.tokens += chunk.scored
+        self.nll_sum += chunk.nll_sum
+        self.cache_used = chunk.cache_used
+        self._session_tokens += chunk.tokens
+        self._push(chunk.scored, chunk.nll_sum)
 
     def _push(self, n: int, nll: float) -> None:
         if n == 0:

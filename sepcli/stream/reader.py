@@ -1,8 +1,8 @@
 """Text in, token ids out, a block at a time: memory does not grow with the input.
 
 Bytes are read in fixed blocks (a file, or stdin for ``-``), decoded incrementally as UTF-8,
-and cut into text pieces only where the tokenizer would split anyway: before a space that
-starts a word (``"...end| word"``). Tokenising such pieces one by one gives the same ids as
+and cut into text blocks only where the tokenizer would split anyway: before a space that
+starts a word (``"...end| word"``). Tokenising such blocks one by one gives the same ids as
 tokenising the whole text at once for byte-level BPE tokenizers (GPT-2 style pre-tokenization
 never joins a word to the space before the next word). A line with no such point for
 ``MAX_PENDING_CHARS`` is cut where it stands (one token boundary may then differ).
@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import hashlib
 import sys
-from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,11 +43,10 @@ def refuse_binary(head: bytes, where: str) -> None:
 
 @dataclass
 class ReadStats:
-    """Counters the CLI reports: bytes read, U+FFFD characters produced, tokens produced."""
+    """Counters the CLI reports: bytes read and U+FFFD characters produced."""
 
     bytes_read: int = 0
     replaced: int = 0
-    tokens: int = 0
 
 
 @contextlib.contextmanager
@@ -85,7 +82,7 @@ def safe_cut(text: str) -> int:
 def text_blocks(
     stream: BinaryIO, stats: ReadStats, block_bytes: int = BLOCK_BYTES
 ) -> Iterator[str]:
-    """Decoded text in pieces that end at safe tokenization points; the last one gets the rest."""
+    """Decoded text in blocks that end at safe tokenization points; the last one gets the rest."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending, first, non_space = "", True, False
     while True:
@@ -112,11 +109,10 @@ def text_blocks(
         yield pending
 
 
-def token_blocks(tokenizer, texts: Iterable[str], stats: ReadStats) -> Iterator[list[int]]:
-    """Token ids of each text piece (no special tokens)."""
+def token_blocks(tokenizer, texts: Iterable[str]) -> Iterator[list[int]]:
+    """Token ids of each text block (no special tokens)."""
     for text in texts:
         ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-        stats.tokens += len(ids)
         if ids:
             yield ids
 
@@ -134,83 +130,6 @@ def limit(blocks: Iterable[list[int]], max_tokens: int | None) -> Iterator[list[
         left -= len(block)
 
 
-class TokenDigest:
-    """SHA-256 of a stream of token ids, the same however the stream is cut into pieces.
-
-    Ids are hashed in groups of ``GROUP`` (each group's digest chains the previous one), so the
-    value depends only on the ids and their order. A checkpoint records :meth:`summary` (count
-    and digest); a resumed run recomputes it from its input and compares.
-    """
-
-    GROUP = 4096
-
-    def __init__(self) -> None:
-        self._folded = 0  # ids already hashed into the chain
-        self._chain = bytes(32)
-        self._pending: list[int] = []
-
-    @property
-    def tokens(self) -> int:
-        return self._folded + len(self._pending)
-
-    def update(self, ids: Iterable[int]) -> None:
-        self._pending.extend(ids)
-        done = 0
-        while len(self._pending) - done >= self.GROUP:
-            self._chain = self._hash(self._pending[done : done + self.GROUP])
-            done += self.GROUP
-        del self._pending[:done]
-        self._folded += done
-
-    def _hash(self, ids: list[int]) -> bytes:
-        return hashlib.sha256(self._chain + array("q", ids).tobytes()).digest()
-
-    def hexdigest(self) -> str:
-        return self._hash(self._pending).hex()
-
-    def summary(self) -> dict:
-        return {"tokens": self.tokens, "sha256": self.hexdigest()}
-
-
-def resume_from(
-    blocks: Iterable[list[int]], saved: dict | None, n: int, head: int = 0
-) -> tuple[TokenDigest, Iterator[list[int]]]:
-    """Read the first ``n`` ids of ``blocks`` (what a checkpoint already fed) and check them
-    against the checkpoint's ``saved`` :meth:`TokenDigest.summary` (None: an older checkpoint,
-    not checked). -> (the digest so far, the rest of the ids). Raises :class:`InputError` when
-    the input ends first or differs: resuming needs the input the checkpoint was made from.
-    ``head``: ids at the start that are not input (the BOS), left out of the counts in messages."""
-    digest, it = TokenDigest(), iter(blocks)
-    rest: list[int] = []
-    for block in it:
-        take = min(len(block), n - digest.tokens)
-        digest.update(block[:take])
-        if take < len(block):
-            rest = block[take:]
-            break
-        if digest.tokens == n:
-            break
-    got = digest.summary()
-    if got["tokens"] < n:
-        raise InputError(
-            f"the input ends after {got['tokens'] - head} tokens, before the checkpoint's "
-            f"{n - head}: "
-            "resume with the input the checkpoint was made from"
-        )
-    if saved is not None and saved.get("sha256") != got["sha256"]:
-        raise InputError(
-            f"the input's first {n - head} tokens are not the ones the checkpoint was made from: "
-            "resume with the same input"
-        )
-
-    def remaining() -> Iterator[list[int]]:
-        if rest:
-            yield rest
-        yield from it
-
-    return digest, remaining()
-
-
 def start_token(tokenizer) -> list[int]:
     """The token a stream starts with (BOS if the tokenizer has one): an attention sink that is
     always kept, and lets the first real token be scored."""
@@ -226,9 +145,7 @@ def stream_tokens(
     block_bytes: int = BLOCK_BYTES,
 ) -> Iterator[list[int]]:
     """The whole pipeline: start token + the first ``max_tokens`` ids of the text, in blocks."""
-    blocks = limit(
-        token_blocks(tokenizer, text_blocks(stream, stats, block_bytes), stats), max_tokens
-    )
+    blocks = limit(token_blocks(tokenizer, text_blocks(stream, stats, block_bytes)), max_tokens)
     first = next(blocks, None)  # empty or binary input fails here, before any model work
     if first is None:
         raise InputError("the input is empty (no text to score)")

@@ -30,6 +30,13 @@ class RingKV:
         self.text_idx = torch.full((capacity,), EMPTY, dtype=torch.int64, device=device)
         self.is_sep = torch.zeros(capacity, dtype=torch.bool, device=device)
 
+    @classmethod
+    def for_model(cls, shape, capacity: int, device, dtype) -> RingKV:
+        """A ring for a model of :class:`sepcli.arch.Shape` ``shape``."""
+        return cls(
+            shape.layers, shape.kv_heads, shape.head_dim, capacity, device=device, dtype=dtype
+        )
+
     # ------------------------------------------------------------------ bookkeeping
 
     @property
@@ -58,7 +65,7 @@ class RingKV:
         """Reserve free slots for P new tokens ([P] text indices, [P] separator flags); -> [P] slots."""
         free = (self.text_idx == EMPTY).nonzero().squeeze(-1)
         n = text_idx.numel()
-        if n > free.numel():  # the policy makes room first; this is a bug, not a user error
+        if n > free.numel():  # the method makes room first: a bug, not a user error
             raise RuntimeError(f"ring overflow: {n} new tokens, {free.numel()} free slots")
         slots = free[:n]
         self.text_idx[slots] = text_idx

@@ -1,4 +1,8 @@
-"""Exact chunked attention for the sliding methods (``streamingllm`` and ``window``).
+"""The sliding methods: StreamingLLM (Xiao et al., arXiv 2309.17453: ``init`` attention sinks +
+the most recent ``capacity - init`` tokens) and a plain window (the most recent ``capacity``).
+
+Their rule evicts one old token per new token once the cache is full, so a chunk is exact only
+with its own attention plan:
 
 Fed one token at a time, StreamingLLM's query t sees the ``init`` sink tokens and the last
 ``capacity - init`` tokens up to itself (``window``: the last ``capacity``, no sinks), at cache
@@ -26,10 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from kernels.ring.reference import rope_cos_sin, rotate
+from sepcli.arch import Rope
+from sepcli.stream.methods.base import ChunkPlan, Method
+from sepcli.stream.ring import RingKV
 
 
 @dataclass(frozen=True)
-class SlidingPlan:
+class SlidingTables:
     """What every layer of one chunk shares.
 
     old_idx : [L0] ring slots holding the tokens before the chunk, in text order.
@@ -51,17 +58,16 @@ class SlidingPlan:
     bias: torch.Tensor
 
 
-def plan_sliding(
+def sliding_tables(
     old_idx: torch.Tensor,
     old_text: torch.Tensor,
     start: int,
     n: int,
     sinks: int,
     capacity: int,
-    inv_freq: torch.Tensor,
-    rope_scale: float,
+    rope: Rope,
     dtype: torch.dtype,
-) -> SlidingPlan:
+) -> SlidingTables:
     """Plan a chunk of ``n`` tokens starting at text index ``start``.
 
     old_idx / old_text: the ring's kept slots before the chunk and their text indices (text
@@ -74,8 +80,8 @@ def plan_sliding(
     base = start - capacity  # recent positions relative to the chunk: small angles forever
     is_sink = src_text < sinks
     k_pos = torch.where(is_sink, src_text, src_text - base)
-    k_cos, k_sin = rope_cos_sin(k_pos, inv_freq, rope_scale)
-    qt_cos, qt_sin = rope_cos_sin(q_text - base, inv_freq, rope_scale)
+    k_cos, k_sin = rope_cos_sin(k_pos, rope.inv_freq, rope.scale)
+    qt_cos, qt_sin = rope_cos_sin(q_text - base, rope.inv_freq, rope.scale)
     recent = capacity - sinks
     causal = src_text[None, :] <= q_text[:, None]
     in_window = src_text[None, :] > q_text[:, None] - recent
@@ -84,9 +90,9 @@ def plan_sliding(
     bias.masked_fill_(~visible, float("-inf"))
     qs_cos = qs_sin = sink = None
     if bool(is_sink.any()):
-        qs_cos, qs_sin = rope_cos_sin(q_text.clamp(max=capacity - 1), inv_freq, rope_scale)
+        qs_cos, qs_sin = rope_cos_sin(q_text.clamp(max=capacity - 1), rope.inv_freq, rope.scale)
         sink = is_sink
-    return SlidingPlan(old_idx, k_cos, k_sin, qt_cos, qt_sin, qs_cos, qs_sin, sink, bias)
+    return SlidingTables(old_idx, k_cos, k_sin, qt_cos, qt_sin, qs_cos, qs_sin, sink, bias)
 
 
 def sliding_attention(
@@ -95,7 +101,7 @@ def sliding_attention(
     v_old: torch.Tensor,
     k_new: torch.Tensor,
     v_new: torch.Tensor,
-    plan: SlidingPlan,
+    plan: SlidingTables,
     scale: float,
 ) -> torch.Tensor:
     """q [1, Hq, P, D] pre-RoPE; k_old/v_old [1, Hkv, L0, D] (the ring's old tokens in text
@@ -111,3 +117,79 @@ def sliding_attention(
     return F.scaled_dot_product_attention(
         qt, k, v, attn_mask=plan.bias, scale=scale, enable_gqa=q.shape[1] != k.shape[1]
     )
+
+
+class SlidingChunk(ChunkPlan):
+    """A whole chunk in one attention call: the cache after the chunk holds the sinks and the
+    last ``capacity - sinks`` tokens, as if fed one at a time. Slots are freed and claimed when
+    the plan is built; each layer reads its old keys before it writes the new ones."""
+
+    def __init__(self, ring, ids, start, is_sep, sinks, capacity, rope, scale, dtype):
+        p = ids.numel()
+        self._old = ring.kept_slots()  # (L0,) text order
+        old_text = ring.text_idx[self._old]
+        self._tables = sliding_tables(self._old, old_text, start, p, sinks, capacity, rope, dtype)
+        self._scale = scale
+        keep_from = start + p - (capacity - sinks)
+        ring.free(self._old[(old_text >= sinks) & (old_text < keep_from)])
+        text = torch.arange(start, start + p, device=ids.device)
+        self._new = ((text < sinks) | (text >= keep_from)).nonzero().squeeze(-1)  # chunk rows kept
+        self._slots = ring.claim(text[self._new], is_sep[self._new])
+        self.peak = min(start + p, capacity)
+        self.steps = 1
+        self.mean_seen = float(text.add(1).clamp(max=capacity).double().mean())  # min(t+1, c)
+
+    def attend(self, ring, layer, q, k, v):
+        o = sliding_attention(
+            q,
+            ring.k[layer].index_select(2, self._old),
+            ring.v[layer].index_select(2, self._old),
+            k,
+            v,
+            self._tables,
+            self._scale,
+        )
+        ring.write(layer, self._slots, k.index_select(2, self._new), v.index_select(2, self._new))
+        return o
+
+
+class Sliding(Method):
+    """Sinks (text index < :attr:`sinks`) kept forever, then the most recent tokens."""
+
+    @property
+    def sinks(self) -> int:
+        raise NotImplementedError
+
+    def make_room(self, ring: RingKV, want: int) -> int:
+        # Once full, one token at a time: evicting for several at once would hide old tokens
+        # from the first of them (plan_chunk runs whole chunks exactly instead).
+        n = min(want, max(self.capacity - ring.used, 1))
+        excess = ring.used + n - self.capacity
+        if excess > 0:
+            kept = ring.kept_slots()
+            recent = kept[ring.text_idx[kept] >= self.sinks]  # non-sinks, oldest first
+            ring.free(recent[:excess])
+        return n
+
+    def plan_chunk(self, ring, ids, start, is_sep, rope, scale, dtype):
+        return SlidingChunk(ring, ids, start, is_sep, self.sinks, self.capacity, rope, scale, dtype)
+
+
+class StreamingLLM(Sliding):
+    """``init`` sink tokens + the most recent ``capacity - init`` tokens."""
+
+    name = "streamingllm"
+
+    @property
+    def sinks(self) -> int:
+        return self.config.init
+
+
+class Window(Sliding):
+    """The most recent ``capacity`` tokens, no sinks."""
+
+    name = "window"
+
+    @property
+    def sinks(self) -> int:
+        return 0

@@ -1,7 +1,7 @@
 """Which token ids are SepLLM separators, for any tokenizer.
 
-Rule (reference/SEPLLM.md): a token is a separator when its decoded text is non-empty and made
-only of separator characters. This catches merged tokens such as "\\n\\n", " ." or ".\\n" that a
+Rule (after SepLLM, arXiv 2412.12094, whose official code lists ``. , ? ! ; : ' ' \\t \\n``): a
+token is a separator when its decoded text is non-empty and made only of separator characters. This catches merged tokens such as "\\n\\n", " ." or ".\\n" that a
 hard-coded id list misses. Special tokens (BOS/EOS/chat markers) are never separators.
 """
 

@@ -103,8 +103,7 @@ def needle_recall(
         top = set((doc.topk(min(topk, doc.numel())).indices + prompt.doc_start).tolist())
     else:
         top = set(select_spans(scores, sentences, topk).tolist())
-    needle = prompt.tokens_of_chars(*case.needle_chars)
-    return sum(i in top for i in needle) / max(1, len(needle))
+    return case.recall(prompt, top)
 
 
 def measure(

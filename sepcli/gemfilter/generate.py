@@ -81,3 +81,19 @@ def stream_text(tokenizer, token_ids: Iterator[int]) -> Iterator[tuple[str, int]
             continue
         piece, shown = text[len(shown) :], text
         yield piece, tok
+
+
+def answer_pieces(
+    model,
+    tokenizer,
+    ids: torch.Tensor,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    seed: int = 0,
+) -> Iterator[tuple[str, int]]:
+    """The answer after prompt ``ids`` [T] as ``(text piece, id)`` per new token (see
+    :func:`stream_text`), ending at the model's stop ids or after ``max_new_tokens``."""
+    stop = stop_ids(model, tokenizer)
+    tokens = generate_ids(model, ids, max_new_tokens, temperature=temperature, stop=stop, seed=seed)
+    return stream_text(tokenizer, tokens)

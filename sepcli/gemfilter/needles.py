@@ -7,6 +7,7 @@ of tokens. Shared by ``sepcli calibrate``, the tests and ``bench/niah.py``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from sepcli.texts import essays_text
@@ -69,6 +70,13 @@ class NeedleCase:
 
     def is_correct(self, answer: str) -> bool:
         return self.needle.answer.lower() in answer.lower()
+
+    def recall(self, prompt, kept: Iterable[int]) -> float:
+        """Fraction of the needle's tokens in ``prompt`` (built from this case) that are among
+        the ``kept`` prompt positions."""
+        needle = prompt.tokens_of_chars(*self.needle_chars)
+        kept = set(kept)
+        return sum(p in kept for p in needle) / max(1, len(needle))
 
 
 _HAY_CACHE: dict[int, str] = {}

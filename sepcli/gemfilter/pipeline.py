@@ -16,7 +16,7 @@ import torch
 from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.filter import select, select_spans
-from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
+from sepcli.gemfilter.generate import answer_pieces
 from sepcli.gemfilter.prompt import MAX_SENTENCE_TOKENS, Prompt, build_prompt
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
 from sepcli.memory import PeakMemory
@@ -142,15 +142,10 @@ def run_qa(
             yield chosen
         else:
             ids = prompt.ids
-        tokens = generate_ids(
-            model,
-            ids,
-            cfg.max_new_tokens,
-            temperature=cfg.temperature,
-            stop=stop_ids(model, tokenizer),
-            seed=cfg.seed,
+        answer = answer_pieces(
+            model, tokenizer, ids, cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
         )
-        for piece, _ in stream_text(tokenizer, tokens):
+        for piece, _ in answer:
             n_new += 1
             if ttft is None:
                 ttft = time.perf_counter() - t0

@@ -31,13 +31,3 @@ def gemfilter_scores_reference(
     q = q_last.view(b, hkv, g, d).to(torch.float32)  # (B, Hkv, G, D)
     logits = torch.einsum("bhgd,bhnd->bhgn", q, keys.to(torch.float32)) * scale  # (B, Hkv, G, N)
     return logits.softmax(dim=-1).sum(dim=(1, 2))  # (B, N)
-
-
-def gemfilter_topk_reference(
-    q_last: torch.Tensor, keys: torch.Tensor, scale: float, k: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Top-min(k, N) key indices in document order, with their scores. Shapes [B, k]."""
-    scores = gemfilter_scores_reference(q_last, keys, scale)
-    kk = min(k, scores.shape[-1])
-    top = scores.topk(kk, dim=-1).indices.sort(dim=-1).values
-    return top, scores.gather(-1, top)

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import FAMILIES, build_tiny_family
-from test_stream_engine import SHARP, hf_nll, run_engine
 
 from sepcli.gemfilter.filter import filter_scores
 from sepcli.stream.config import StreamConfig
 from sepcli.texts import essays_text
+
+from helpers import FAMILIES, SHARP, build_tiny_family, hf_nll, run_engine
 
 
 @pytest.fixture(scope="module")

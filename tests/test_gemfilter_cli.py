@@ -12,7 +12,8 @@ from typer.testing import CliRunner
 
 from sepcli.cli import app
 from sepcli.commands.qa import clean_question, shown_ranges
-from tests.conftest import build_tiny_llama
+
+from helpers import build_tiny_llama
 
 runner = CliRunner()
 DOC = "The lighthouse keeper painted the door green. Boats came home at dusk. The bell rang twice."

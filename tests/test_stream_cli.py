@@ -15,7 +15,8 @@ from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
-from tests.conftest import build_tiny_llama
+
+from helpers import build_tiny_llama
 
 SMALL = ["--init", "2", "--sep", "4", "--window", "16", "--capacity", "40", "--chunk", "8"]
 

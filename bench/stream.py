@@ -19,56 +19,28 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the install
+import torch
 
-import torch  # noqa: E402
+from sepcli.memory import peak_rss_mb, rss_mb
+from sepcli.models import load_model
+from sepcli.separators import SEPARATOR_CHARS, separator_mask
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.engine import StreamEngine
 
-from sepcli.memory import peak_rss_mb, rss_mb  # noqa: E402
-from sepcli.models import load_model  # noqa: E402
-from sepcli.separators import SEPARATOR_CHARS, separator_mask  # noqa: E402
-from sepcli.stream.config import StreamConfig  # noqa: E402
-from sepcli.stream.engine import StreamEngine  # noqa: E402
-from sepcli.stream.reader import start_token  # noqa: E402
-from sepcli.texts import essays_text  # noqa: E402
+from common import essay_ids, model_env, timed_feed
 
 if "OMP_NUM_THREADS" in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
-def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -> list[int]:
-    """BOS (if the tokenizer has one, as `sepcli stream`) + the first n tokens of the essays, or
-    of the text file ``source`` (repeated if needed).
-
-    bos_per_line: the reference evaluation's protocol (reference/SEPLLM.md): every non-empty
-    line tokenized on its own with a BOS in front, newlines dropped."""
-    text = essays_text() if source == "essays" else Path(source).read_text(encoding="utf-8")
-    if bos_per_line:
-        if tok.bos_token_id is None:
-            raise SystemExit("--bos-per-line needs a tokenizer with a BOS token")
-        lines = [line for line in text.splitlines() if line.strip()]
-        ids = []
-        for part in tok(lines, add_special_tokens=False)["input_ids"]:
-            ids += [tok.bos_token_id] + part
-            if len(ids) > n:
-                break
-        ids = ids[1:]
-    else:
-        ids = tok(text, add_special_tokens=False)["input_ids"]
-    while len(ids) < n:
-        ids = ids + ids
-    return start_token(tok) + ids[:n]
-
-
 def reference_separator_mask(tok) -> torch.Tensor:
-    """Separators as the reference hard-codes them (reference/SEPLLM.md): only the ids of the
-    single separator characters (the same set as sepcli's rule) and of their space-prefixed
-    variants " ." etc., where each is one token; merged runs such as "\n\n" or ".\n" are not
-    separators (sepcli's rule counts them)."""
+    """Separators as the official SepLLM code hard-codes them: only the ids of the single
+    separator characters (the same set as sepcli's rule) and of their space-prefixed variants
+    " ." etc., where each is one token; merged runs such as "\n\n" or ".\n" are not separators
+    (sepcli's rule counts them)."""
     mask = torch.zeros(len(tok), dtype=torch.bool)
     chars = sorted(SEPARATOR_CHARS)
     strings = chars + [" " + ch for ch in chars if ch != " "]
@@ -111,23 +83,11 @@ def hf_chunks(lm, ids, chunk) -> float:
 
 @torch.inference_mode()
 def hf_token_loop(lm, ids, cache) -> float:
-    """One token per forward with HF's KV cache, like the reference evaluation loops."""
+    """One token per forward with HF's KV cache, as the official SepLLM and StreamingLLM
+    evaluations loop."""
     t0 = time.perf_counter()
     for tok in ids:
         lm.model(torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
-    return time.perf_counter() - t0
-
-
-def timed_feed(engine, ids) -> float:
-    """Seconds to feed ``ids`` (waiting for the GPU, when the engine runs on one)."""
-    cuda = engine.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(engine.device)
-    t0 = time.perf_counter()
-    for _ in engine.run([ids]):
-        pass
-    if cuda:
-        torch.cuda.synchronize(engine.device)
     return time.perf_counter() - t0
 
 
@@ -182,7 +142,7 @@ QUALITY_CONFIGS = [  # (capacity, label, method, sizes): the paper's configurati
 def quality(args, lm, seps) -> dict:
     ids = essay_ids(lm.tokenizer, args.tokens, args.text, args.bos_per_line)
     scored = torch.ones(len(ids) - 1, dtype=torch.bool)
-    if args.bos_per_line:  # as the reference: BOS is kept as a separator and never a target
+    if args.bos_per_line:  # as the official code: BOS is kept as a separator, never a target
         bos = lm.tokenizer.bos_token_id
         seps = seps.clone()
         seps[bos] = True
@@ -340,14 +300,15 @@ def main() -> None:
     parser.add_argument(
         "--bos-per-line",
         action="store_true",
-        help="quality: the reference's protocol (each line with its own BOS, kept as a separator)",
+        help="quality: the official SepLLM evaluation's protocol (each line with its own BOS, "
+        "kept as a separator)",
     )
     parser.add_argument(
         "--separators",
         default="sepcli",
         choices=["sepcli", "reference"],
         help="the separator table of every run: sepcli's rule (any token made only of "
-        "separator characters) or the reference code's hard-coded list",
+        "separator characters) or the official SepLLM code's hard-coded list",
     )
     parser.add_argument("--marks", default="20000,500000")
     parser.add_argument("--dtype", default="auto")
@@ -395,9 +356,7 @@ def main() -> None:
     }[args.what]
     result = {
         "bench": args.what,
-        "model": lm.name,
-        "dtype": str(lm.dtype),
-        "threads": torch.get_num_threads(),
+        **model_env(lm),
         "separators": args.separators,
         **fn(args, lm, seps),
     }

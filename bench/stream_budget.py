@@ -17,7 +17,8 @@ from sepcli.models import load_model
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
-from sepcli.texts import essays_text
+
+from common import essay_ids
 
 SPLITS = [
     dict(init=4, sep=64, window=224, capacity=324),  # the default
@@ -33,10 +34,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=3000)
     args = ap.parse_args()
     lm = load_model("smollm2")
-    tok = lm.tokenizer
-    text_ids = tok(essays_text(max_chars=args.tokens * 8), add_special_tokens=False).input_ids
-    ids = [tok.bos_token_id, *text_ids[: args.tokens]]
-    separators = separator_mask(tok)
+    ids = essay_ids(lm.tokenizer, args.tokens)
+    separators = separator_mask(lm.tokenizer)
     for split in SPLITS:
         engine = StreamEngine(lm.model, StreamConfig(**split), separators)
         scored = nll = 0.0

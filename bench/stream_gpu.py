@@ -12,8 +12,8 @@ kernel on CUDA) and ``SEPCLI_KERNELS=reference`` (the torch path), in alternatin
 clock and thermal changes hit both alike. Each engine first fills its cache to the steady state.
 Prints tok/s per chunk size and mode, the ratio, and one JSON line at the end.
 
-The quality side of the issue's 4M-token run uses the embedded model through the CLI (see
-docs/kernels.md); this script measures speed only.
+This script measures speed only; quality on a GPU is measured with the embedded model through
+the CLI (docs/kernels.md).
 """
 
 from __future__ import annotations
@@ -22,16 +22,13 @@ import argparse
 import json
 import os
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import torch
 
-import torch  # noqa: E402
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.engine import StreamEngine
 
-from bench.stream import timed_feed  # noqa: E402
-from sepcli.stream.config import StreamConfig  # noqa: E402
-from sepcli.stream.engine import StreamEngine  # noqa: E402
+from common import machine, timed_feed
 
 SHAPES = {
     "llama3-8b": dict(
@@ -84,7 +81,7 @@ def main() -> int:
     ap.add_argument(
         "--modes",
         default="auto,reference",
-        help="SEPCLI_KERNELS values to compare ('auto' alone for the 4M-token speed run)",
+        help="SEPCLI_KERNELS values to compare ('auto' alone for a long speed-only run)",
     )
     args = ap.parse_args()
     modes = args.modes.split(",")
@@ -131,8 +128,7 @@ def main() -> int:
         rows.append(row)
         print(f"chunk {chunk:4d}: " + json.dumps(row), flush=True)
     result = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "torch": torch.__version__,
+        **machine(),
         "shape": args.shape,
         "dtype": str(dtype),
         "tokens": args.tokens,

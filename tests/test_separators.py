@@ -14,7 +14,8 @@ def test_text_rule():
 
 def test_real_tokenizer_merged_separators(tokenizer):
     ids = set(separator_token_ids(tokenizer))
-    # Merged runs the reference's hard-coded lists miss: each must be one token here and a separator.
+    # Merged runs that the official SepLLM code's hard-coded lists miss: each must be one token
+    # here and a separator.
     for text in ("\n\n", " .", " ,", "...", "  "):
         enc = tokenizer(text, add_special_tokens=False).input_ids
         assert len(enc) == 1, (text, enc)
@@ -33,14 +34,15 @@ def test_mask_matches_ids(tokenizer):
     assert flagged and all(is_separator_text(t) for t in flagged)
 
 
-def test_reference_list_is_inside_the_rule(tokenizer):
-    """bench/stream.py --separators reference rebuilds the reference code's hard-coded ids; the
-    docs compare the two, which only makes sense if sepcli's rule contains every one of them."""
+def test_reference_list_is_inside_the_rule(tokenizer, monkeypatch):
+    """bench/stream.py --separators reference rebuilds the official SepLLM code's hard-coded
+    ids; the docs compare the two, which only makes sense if sepcli's rule contains every one."""
     import importlib.util
     from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "bench" / "stream.py"
-    spec = importlib.util.spec_from_file_location("bench_stream", path)
+    bench_dir = Path(__file__).resolve().parents[1] / "bench"
+    monkeypatch.syspath_prepend(str(bench_dir))  # as `python bench/stream.py` has it
+    spec = importlib.util.spec_from_file_location("bench_stream", bench_dir / "stream.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     reference = bench.reference_separator_mask(tokenizer)

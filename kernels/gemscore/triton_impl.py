@@ -130,7 +130,7 @@ _INTERPRETED = not isinstance(_score_blocks, triton.runtime.JITFunction)
 def kernel_meta(dtype: torch.dtype, d: int, g: int, interpret: bool) -> dict:
     """Compile-time parameters of ``_score_blocks`` and its launch options.
 
-    Spill-free on sm_90 (``bench/kernels.py --compile-only``) with 8 warps: 128-key tiles for
+    Spill-free on sm_90 (``bench/kernel_speed.py --compile-only``) with 8 warps: 128-key tiles for
     16-bit inputs (4 warps spill there), 64-key tiles for fp32 inputs (ieee dots).
     """
     fp32 = dtype == torch.float32

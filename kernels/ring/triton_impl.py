@@ -327,7 +327,7 @@ def _check_inputs(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale) -> None:
 def kernel_meta(dtype: torch.dtype, d: int, half: int, rows: int, interpret: bool) -> dict:
     """Compile-time parameters of ``_ring_attention_fwd`` (all but SPLIT) and its launch options.
 
-    Tiles checked spill-free on sm_90 with ``bench/kernels.py --compile-only``: the rotation
+    Tiles checked spill-free on sm_90 with ``bench/kernel_speed.py --compile-only``: the rotation
     holds four [BLOCK_N, R/2] fp32 tiles per key block, hence 8 warps; fp32 inputs (a
     debugging path, ieee dots) need BLOCK_M 16.
     """

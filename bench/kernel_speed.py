@@ -1,8 +1,8 @@
 """GPU benchmark of the Triton kernels against their torch paths (needs CUDA; or --smoke).
 
-    python bench/kernels.py                 # full run on a GPU: tables + one JSON line
-    python bench/kernels.py --smoke         # tiny shapes, checks kernel == reference (CPU: interpreter)
-    python bench/kernels.py --compile-only  # no GPU needed: compile for sm_90, registers and spills
+    python bench/kernel_speed.py                 # full run on a GPU: tables + one JSON line
+    python bench/kernel_speed.py --smoke         # tiny shapes, kernel == reference (CPU: interpreter)
+    python bench/kernel_speed.py --compile-only  # no GPU needed: compile for sm_90, registers, spills
 
 Ring attention (Llama-3-8B heads: 32 q, 8 kv, dim 128, bf16, B = 1) for cache sizes c in
 {324, 800, 4096} and chunk sizes C in {1, 64, 256}; the ring has S = c + C slots, all valid, in
@@ -27,14 +27,10 @@ import json
 import os
 import sys
 
-# This file is itself named kernels.py: drop its folder from the path so that `import kernels`
-# finds the package at the repository root, not this script.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-sys.path.insert(0, os.path.dirname(_HERE))
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from common import machine
 
 HQ, HKV, D, THETA = 32, 8, 128, 500000.0  # Llama-3-8B attention shapes
 CACHES = (324, 800, 4096)
@@ -334,7 +330,7 @@ def main() -> int:
         return smoke(torch.device("cuda" if cuda else "cpu"))
     if not cuda:
         print(
-            "bench/kernels.py needs a CUDA GPU (use --smoke for a CPU interpreter check)",
+            "bench/kernel_speed.py needs a CUDA GPU (use --smoke for a CPU interpreter check)",
             file=sys.stderr,
         )
         return 2
@@ -368,8 +364,7 @@ def main() -> int:
             f"{r['k_GBps']:8.0f} {r['k_bw_of_copy']:8.0%}"
         )
     result = {
-        "gpu": torch.cuda.get_device_name(device),
-        "torch": torch.__version__,
+        **machine(),
         "copy_GBps": round(copy_gbs, 1),
         "ring_attention": ring,
         "gemfilter_scores": scores,

@@ -1,0 +1,149 @@
+"""What several benchmark scripts share: where results go, how a run names its machine, the
+command line and progress line it records, the essays as tokens, timing a stream, and reading
+an answer until it is correct.
+
+The scripts are run as ``python bench/<script>.py`` from the repository root. Python puts the
+script's folder first on ``sys.path``, so ``from common import ...`` finds this module with no
+path edits, while ``sepcli`` and ``kernels`` come from the installed package (``make install``
+installs this checkout in editable mode; another checkout sharing that venv adds
+``PYTHONPATH=.``). For the same reason no script in this folder may be named like a package it
+imports.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from sepcli.gemfilter.needles import NEEDLES, make_grid
+from sepcli.stream.reader import start_token
+from sepcli.texts import essays_text
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DOCS = ROOT / "docs"
+
+
+def machine() -> dict:
+    """Where a figure was measured: CPU, torch threads, GPU (when there is one), torch, date."""
+    info = {
+        "threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def model_env(lm) -> dict:
+    """:func:`machine` plus the model a run used (a ``sepcli.models.LoadedModel``)."""
+    return {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), **machine()}
+
+
+def command() -> str:
+    """The command line that produced a result, as the docs write it."""
+    return " ".join(["python", f"bench/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+
+
+def write_result(name: str, payload: dict) -> Path:
+    """Write ``payload`` as bench/results/<name> (rewritten after every case, so an interrupted
+    run keeps what it measured)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=1))
+    print(f"wrote {path}", file=sys.stderr)
+    return path
+
+
+def progress(i: int, row: dict) -> None:
+    """One stderr line per case: its fields, with each method reduced to correct or not."""
+    brief = {k: (v["correct"] if isinstance(v, dict) else v) for k, v in row.items()}
+    print(f"[{i + 1}] {json.dumps(brief)}", file=sys.stderr, flush=True)
+
+
+def int_list(text: str) -> list[int]:
+    """'256,1024' -> [256, 1024] (an argparse ``type``)."""
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def float_list(text: str) -> list[float]:
+    """'0.1,0.5' -> [0.1, 0.5] (an argparse ``type``)."""
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -> list[int]:
+    """The stream's start token (BOS, as `sepcli stream`) + the first n tokens of the bundled
+    essays, or of the UTF-8 text file ``source`` (repeated if it is shorter).
+
+    bos_per_line: the protocol of the official SepLLM code's perplexity evaluation: every
+    non-empty line tokenized on its own with a BOS in front, newlines dropped."""
+    text = essays_text() if source == "essays" else Path(source).read_text(encoding="utf-8")
+    if bos_per_line:
+        if tok.bos_token_id is None:
+            raise SystemExit("--bos-per-line needs a tokenizer with a BOS token")
+        lines = [line for line in text.splitlines() if line.strip()]
+        ids = []
+        for part in tok(lines, add_special_tokens=False)["input_ids"]:
+            ids += [tok.bos_token_id] + part
+            if len(ids) > n:
+                break
+        ids = ids[1:]
+    else:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+    while len(ids) < n:
+        ids = ids + ids
+    return start_token(tok) + ids[:n]
+
+
+def add_case_options(parser, max_new_tokens: int) -> None:
+    """The needle-case options that niah.py and niah_kvpress.py share, so both run the same
+    cases (needles 3-5 by default: the calibration uses 0-2)."""
+    parser.add_argument("--lengths", type=int_list, default=None, help="document tokens")
+    parser.add_argument("--depths", type=float_list, default="0.1,0.5,0.9")
+    parser.add_argument("--needles", type=int, default=3)
+    parser.add_argument("--needle-from", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    parser.add_argument("--threads", type=int, default=2)
+
+
+def needle_grid(lm, args, lengths: list[int] | None = None):
+    """(lengths, needles, cases) that the :func:`add_case_options` ask for. Lengths default to
+    ``lengths``, else 1K, 2K, 4K and the context less 192 tokens of room for the answer."""
+    ctx = lm.model.config.max_position_embeddings
+    lengths = args.lengths or lengths or [1024, 2048, 4096, ctx - 192]
+    needles = NEEDLES[args.needle_from : args.needle_from + args.needles]
+    return lengths, needles, make_grid(lm.tokenizer, lengths, args.depths, needles)
+
+
+def until_correct(pieces: Iterable[tuple[str, int]], case) -> str:
+    """Join ``(text piece, id)`` pairs (``sepcli.gemfilter.generate.stream_text``) into an
+    answer, stopping as soon as ``case`` (a NeedleCase) judges it correct. Greedy decoding is
+    deterministic, so the verdict equals that of decoding every token; only the stored text is
+    shorter, and the shared CPU cores are spared the rest."""
+    text = ""
+    for piece, _ in pieces:
+        text += piece
+        if case.is_correct(text):
+            break
+    return text
+
+
+def timed_feed(engine, ids: list[int]) -> float:
+    """Seconds for a StreamEngine to take ``ids`` (waiting for the GPU when it runs on one)."""
+    cuda = engine.device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+    t0 = time.perf_counter()
+    for _ in engine.run([ids]):
+        pass
+    if cuda:
+        torch.cuda.synchronize(engine.device)
+    return time.perf_counter() - t0

@@ -63,10 +63,13 @@ def write_result(name: str, payload: dict) -> Path:
     return path
 
 
-def progress(i: int, row: dict) -> None:
-    """One stderr line per case: its fields, with each method reduced to correct or not."""
+def case_done(name: str, rows: list[dict], row: dict, fields: dict) -> None:
+    """Record one finished case: append ``row``, print one stderr line (each method reduced to
+    correct or not), and rewrite bench/results/<name> with the command, ``fields`` and rows."""
+    rows.append(row)
     brief = {k: (v["correct"] if isinstance(v, dict) else v) for k, v in row.items()}
-    print(f"[{i + 1}] {json.dumps(brief)}", file=sys.stderr, flush=True)
+    print(f"[{len(rows)}] {json.dumps(brief)}", file=sys.stderr, flush=True)
+    write_result(name, {"command": command(), **fields, "rows": rows})
 
 
 def int_list(text: str) -> list[int]:

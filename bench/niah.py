@@ -41,12 +41,12 @@ from common import (
     DOCS,
     RESULTS,
     add_case_options,
+    case_done,
     command,
     int_list,
     machine,
     model_env,
     needle_grid,
-    progress,
     until_correct,
     write_result,
 )
@@ -163,7 +163,7 @@ def cmd_grid(args, lm) -> None:
     rows = []
     out_name = args.out or "niah-grid.json"
     device = next(lm.model.parameters()).device
-    for i, case in enumerate(cases):
+    for case in cases:
         row = {"length": case.length_tokens, "depth": case.depth, "needle": case.needle.answer}
         cfg = QAConfig(
             method="gemfilter", layer=max(layers), topk=max(ks), max_new_tokens=args.max_new_tokens
@@ -199,12 +199,11 @@ def cmd_grid(args, lm) -> None:
                     row[name] = judge(lm, case, prompt, idx, args.max_new_tokens)
                     if unit == "token":
                         row[name]["recall"] = ablation
-        rows.append(row)
-        progress(i, row)
-        write_result(
+        case_done(
             out_name,
+            rows,
+            row,
             {
-                "command": command(),
                 "env": model_env(lm),
                 "layer": layers[0] if len(layers) == 1 else layers,
                 "layers": layers,
@@ -215,7 +214,6 @@ def cmd_grid(args, lm) -> None:
                 "depths": args.depths,
                 "needles": [n.answer for n in needles],
                 "max_new_tokens": args.max_new_tokens,
-                "rows": rows,
             },
         )
 
@@ -337,7 +335,7 @@ def cmd_long(args, lm) -> None:
     rows = []
     out_name = args.out or "niah-long.json"
     device = next(lm.model.parameters()).device
-    for i, case in enumerate(cases):
+    for case in cases:
         cfg = QAConfig(layer=layer, topk=max(ks), max_new_tokens=args.max_new_tokens)
         prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
         row = {
@@ -374,12 +372,11 @@ def cmd_long(args, lm) -> None:
             # template head + last document tokens that fit + question
             idx = torch.cat([torch.arange(prompt.doc_start), torch.arange(tail_start, prompt.n)])
             row["truncate"] = judge(lm, case, prompt, idx, args.max_new_tokens)
-        rows.append(row)
-        progress(i, row)
-        write_result(
+        case_done(
             out_name,
+            rows,
+            row,
             {
-                "command": command(),
                 "env": model_env(lm),
                 "context": ctx,
                 "layer": layer,
@@ -392,7 +389,6 @@ def cmd_long(args, lm) -> None:
                 "depths": args.depths,
                 "needles": [n.answer for n in needles],
                 "max_new_tokens": args.max_new_tokens,
-                "rows": rows,
             },
         )
 

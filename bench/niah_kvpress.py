@@ -32,13 +32,11 @@ from sepcli.models import load_model
 
 from common import (
     add_case_options,
-    command,
+    case_done,
     int_list,
     model_env,
     needle_grid,
-    progress,
     until_correct,
-    write_result,
 )
 
 
@@ -105,7 +103,7 @@ def main() -> None:
     budgets = args.budgets
     press_cls = compatible(kvpress.SnapKVPress)
     rows = []
-    for i, case in enumerate(cases):
+    for case in cases:
         cfg = QAConfig(method="full", max_new_tokens=args.max_new_tokens)
         prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
         window = prompt.window(None)  # the tokens after the document, as GemFilter's default
@@ -122,19 +120,17 @@ def main() -> None:
                 "cache_after": kept,
                 "seconds": time.perf_counter() - t0,
             }
-        rows.append(row)
-        progress(i, row)
-        write_result(
+        case_done(
             args.out,
+            rows,
+            row,
             {
-                "command": command(),
                 "env": {**model_env(lm), "kvpress": getattr(kvpress, "__version__", "0.5.2")},
                 "budgets": budgets,
                 "lengths": lengths,
                 "depths": args.depths,
                 "needles": [n.answer for n in needles],
                 "max_new_tokens": args.max_new_tokens,
-                "rows": rows,
             },
         )
 

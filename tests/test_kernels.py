@@ -37,7 +37,8 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 def test_subpackages_stay_importable_next_to_the_dispatchers():
     """`import kernels.ring.reference as x` walks attributes: a dispatcher function named like
-    its subpackage (as `kernels.ring_attention` once was) would shadow it and break this."""
+    its subpackage (a function `kernels.ring` beside the folder kernels/ring/) would shadow it
+    and break this."""
     import kernels.gemscore.reference as score_ref
     import kernels.ring.reference as ring_ref
 

@@ -1,6 +1,6 @@
-"""What several benchmark scripts share: where results go, how a run names its machine, the
-command line and progress line it records, the essays as tokens, timing a stream, and reading
-an answer until it is correct.
+"""What several benchmark scripts share: where results go and how a run records its machine and
+command line; the essays as stream tokens and the timing of a stream (stream*.py); the needle
+cases, the per-case record and reading an answer until it is correct (niah*.py).
 
 The scripts are run as ``python bench/<script>.py`` from the repository root. Python puts the
 script's folder first on ``sys.path``, so ``from common import ...`` finds this module with no

@@ -41,12 +41,15 @@ from common import (
 
 
 def compatible(press_cls):
-    """kvpress 0.5.2's hook reads ``cache_position`` from the attention kwargs, which
-    transformers 5.x no longer passes. We only ever prefill once, from an empty cache, under the
-    press, so the positions are 0..q_len-1; everything else is kvpress's own code."""
+    """kvpress 0.5.2's hook reads ``past_key_values`` and ``cache_position`` from the attention
+    kwargs; transformers 5.x no longer passes the positions, and from 5.24 names the cache
+    ``cache``. We only ever prefill once, from an empty cache, under the press, so the positions
+    are 0..q_len-1; everything else is kvpress's own code."""
 
     class Press(press_cls):
         def forward_hook(self, module, input, kwargs, output):
+            if "past_key_values" not in kwargs and "cache" in kwargs:
+                kwargs = {**kwargs, "past_key_values": kwargs["cache"]}
             if "cache_position" not in kwargs:
                 q_len = kwargs["hidden_states"].shape[1]
                 kwargs = {**kwargs, "cache_position": torch.arange(q_len)}

@@ -45,7 +45,7 @@ def machine() -> dict:
 
 def model_env(lm) -> dict:
     """:func:`machine` plus the model a run used (a ``sepcli.models.LoadedModel``)."""
-    return {"model": lm.name, "device": str(lm.device), "dtype": str(lm.dtype), **machine()}
+    return {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype_name, **machine()}
 
 
 def command() -> str:

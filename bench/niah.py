@@ -271,6 +271,7 @@ def cmd_ttft(args, lm=None) -> None:
                 out = Path(tmp) / f"{rnd}-{len(runs[v])}-{method}.json"
                 cmd = [sys.executable, __file__, "speed", "--model", args.model]
                 cmd += ["--threads", str(args.threads), "--methods", method, "--repeats", "1"]
+                cmd += ["--dtype", args.dtype]
                 cmd += ["--topk", str(k), "--units", unit, "--segment-tokens", str(seg)]
                 cmd += ["--max-new-tokens", str(args.max_new_tokens), "--out", str(out)]
                 cmd += [] if args.layer is None else ["--layer", str(args.layer)]
@@ -442,6 +443,7 @@ def main() -> None:
     )
     p.add_argument("what", choices=["calibrate", "grid", "speed", "ttft", "plot", "long"])
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--dtype", default="auto", help="as `sepcli --dtype` (auto, fp32, int8, ...)")
     add_case_options(p, max_new_tokens=16)
     p.add_argument(
         "--layer", type=int, default=None, help="0-based filter layer (default: calibrated)"
@@ -511,7 +513,7 @@ def main() -> None:
         return cmd_plot(args)
     if args.what == "ttft":
         return cmd_ttft(args)
-    lm = load_model(args.model)
+    lm = load_model(args.model, dtype=args.dtype)
     commands = {"calibrate": cmd_calibrate, "grid": cmd_grid, "speed": cmd_speed, "long": cmd_long}
     commands[args.what](args, lm)
 

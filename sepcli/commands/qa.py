@@ -22,6 +22,7 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     dtype_name,
     err_console,
     guarded,
@@ -204,7 +205,7 @@ def parse_window(window: str) -> int | None:
     return value
 
 
-def _setup(doc, question, model, device, dtype, cfg: QAConfig):
+def _setup(doc, question, model, device, dtype, threads, cfg: QAConfig):
     """Validate cheap inputs first, then load and check the prompt fits.
 
     Returns (lm, prompt, cfg with the layer resolved, the question as asked)."""
@@ -216,7 +217,7 @@ def _setup(doc, question, model, device, dtype, cfg: QAConfig):
     document, replaced = read_document(doc)
     if replaced:
         warn(f"{replaced} undecodable byte sequence(s) in the document replaced with U+FFFD")
-    lm = load(model, device, dtype)
+    lm = load(model, device, dtype, threads)
     if cfg.method == "gemfilter":
         if cfg.layer is None:
             layer, origin = cal.auto_layer(lm.model, lm.name, lm.source)
@@ -353,6 +354,7 @@ def ask(
     ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Answer QUESTION about DOC. GemFilter reads DOC with the early layers only, keeps the top-k
@@ -373,7 +375,7 @@ def ask(
     )
     if cfg.method == "full":
         warn_ignored(ctx, FILTER_OPTIONS, "with --method full (it reads the whole document)")
-    lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, cfg)
+    lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, threads, cfg)
     for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt):
         if isinstance(event, Selected) and show:
             show_selection(event)
@@ -419,6 +421,7 @@ def gemfilter(
     ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
@@ -434,7 +437,7 @@ def gemfilter(
         segment_tokens=segment_cap(segment_tokens),
         unit=unit.strip().lower(),
     )
-    lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, cfg)
+    lm, prompt, cfg, question = _setup(doc, question, model, device, dtype, threads, cfg)
     chosen = select_tokens(lm.model, prompt, cfg)
     if show:
         show_selection(chosen)
@@ -498,6 +501,7 @@ def calibrate(
     ] = True,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Find the best filter layer (0-based) for a model on a synthetic needle-in-a-haystack task
@@ -518,7 +522,7 @@ def calibrate(
             raise ConfigError(
                 "--lengths is empty: give comma-separated token counts, e.g. 512,1024"
             )
-    lm = load(model, device, dtype)
+    lm = load(model, device, dtype, threads)
     ctx = lm.model.config.max_position_embeddings
     if lens and (min(lens) < 16 or max(lens) > ctx - 64):
         raise ConfigError(f"--lengths must lie in 16..{ctx - 64} for this model, got {lengths}")

@@ -19,6 +19,7 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     dtype_name,
     err_console,
     guarded,
@@ -87,6 +88,7 @@ def stream(
     ] = 1.0,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Stream a text of any length through the model with a fixed KV cache; report perplexity."""
     # Every check on user input happens before the model loads and before anything is written.
@@ -102,7 +104,7 @@ def stream(
     if file == "-" and sys.stdin.isatty():
         raise InputError("no input: give a FILE, or pipe text into `sepcli stream -`")
     with open_input(file) as source:
-        lm = load(model, device, dtype)
+        lm = load(model, device, dtype, threads)
         engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
         metrics = RunMetrics(engine.capacity)
         # the BOS the stream starts with, if any, is not input
@@ -122,6 +124,7 @@ def stream(
             "model": lm.name,
             "device": str(lm.device),
             "dtype": dtype_name(lm),
+            "threads": lm.threads,
             "input": file,
             "max_tokens": max_tokens,
             "resumed_at": run.input_tokens if resume else None,

@@ -21,6 +21,7 @@ import torch
 from sepcli import arch
 from sepcli.errors import CheckpointError, InputError
 from sepcli.files import probe_writable, write_atomic
+from sepcli.quant import is_int8
 
 FORMAT = "sepcli-stream-checkpoint/1"
 
@@ -37,7 +38,8 @@ def model_fingerprint(model, name: str) -> dict:
         "kv_heads": shape.kv_heads,
         "head_dim": shape.head_dim,
         "vocab_size": int(emb.shape[0]),
-        "dtype": str(emb.dtype).replace("torch.", ""),
+        # int8 linear layers leave the embeddings in fp32: name the quantisation, not them.
+        "dtype": "int8" if is_int8(model) else str(emb.dtype).replace("torch.", ""),
         "weights_sha": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16],
     }
 

@@ -1,0 +1,288 @@
+"""sepcli against the real llama.cpp on the same GGUF and text (figures in docs/models.md).
+
+    python bench/peer_llamacpp.py build
+    python bench/peer_llamacpp.py perplexity [--tokens 20000] [--rounds 2] [--threads 2]
+                                             [--dtypes fp32,int8] [--n-ctx 512]
+    python bench/peer_llamacpp.py decode     [--tokens 64] [--rounds 2] [--threads 2]
+                                             [--dtypes fp32,int8]
+
+`build` compiles llama.cpp's `llama-perplexity` and `llama-bench` from the llama.cpp sources
+vendored in the PyPI sdist of llama-cpp-python (downloaded with pip) into
+~/.cache/sepcli-bench/ (``$SEPCLI_BENCH_CACHE``), under a lock; the other modes build it first
+when it is missing. Both tools read the embedded SmolLM2-135M-Instruct Q4_1 GGUF.
+
+perplexity: `llama-perplexity -c N_CTX` on the first --tokens tokens of the essays (it reads
+whole windows of N_CTX tokens and scores the second half of each), and `sepcli stream` (its
+default SepLLM config) on the same text, in alternating rounds, same threads. Reported: tokens
+read per second, tokens scored per second, the ratios, and each side's perplexity.
+
+decode: `llama-bench -p 0 -n N` (token generation) against sepcli decoding one token at a time
+on the ring (StreamEngine.feed([token]) with greedy argmax of engine.carry) after a prompt of
+the essays, alternating rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the install
+
+import torch  # noqa: E402
+
+from sepcli.models import embedded_gguf_path, load_model  # noqa: E402
+from sepcli.separators import separator_mask  # noqa: E402
+from sepcli.stream.config import StreamConfig  # noqa: E402
+from sepcli.stream.engine import StreamEngine  # noqa: E402
+from sepcli.stream.reader import start_token  # noqa: E402
+from sepcli.texts import essays_text  # noqa: E402
+
+PACKAGE = "llama-cpp-python"
+TARGETS = ("llama-perplexity", "llama-bench")
+
+
+def bench_cache() -> Path:
+    return Path(os.environ.get("SEPCLI_BENCH_CACHE", Path.home() / ".cache" / "sepcli-bench"))
+
+
+def tool(name: str) -> Path:
+    return bench_cache() / "llama.cpp-build" / "bin" / name
+
+
+def build() -> dict:
+    """Download the sdist (once), configure and build the two tools (once). Returns versions."""
+    cache = bench_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # two benches must not build into one folder at once
+        src = cache / "src"
+        sdists = sorted(src.glob("llama_cpp_python-*.tar.gz"))
+        if not sdists:
+            src.mkdir(exist_ok=True)
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:"]
+                + [PACKAGE, "-d", str(src)],
+                check=True,
+            )
+            sdists = sorted(src.glob("llama_cpp_python-*.tar.gz"))
+        sdist = sdists[-1]
+        tree = src / sdist.name.removesuffix(".tar.gz")
+        if not tree.is_dir():
+            subprocess.run(["tar", "xzf", str(sdist), "-C", str(src)], check=True)
+        llama = tree / "vendor" / "llama.cpp"
+        out = cache / "llama.cpp-build"
+        if not all(tool(t).is_file() for t in TARGETS):
+            subprocess.run(
+                ["cmake", "-S", str(llama), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release"]
+                + ["-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"],
+                check=True,
+            )
+            jobs = str(os.cpu_count() or 1)
+            subprocess.run(
+                ["cmake", "--build", str(out), "--target", *TARGETS, "-j", jobs], check=True
+            )
+    return {"sdist": sdist.name, "build": str(out)}
+
+
+def essays_file(tok, tokens: int, folder: Path) -> tuple[Path, int]:
+    """The essays cut after ``tokens`` tokens (sepcli's tokenizer), written to a file both
+    tools read. Returns (file, tokens in it)."""
+    text = essays_text()
+    enc = tok(text, add_special_tokens=False, return_offsets_mapping=True)
+    n = min(tokens, len(enc["input_ids"]))
+    path = folder / f"essays-{n}.txt"
+    path.write_text(text[: enc["offset_mapping"][n - 1][1]], encoding="utf-8")
+    return path, n
+
+
+def _stamp(log: str, marker: str) -> float:
+    """Seconds since start of the log line holding ``marker`` (llama.cpp's M.SS.mmm.uuu)."""
+    line = next(x for x in log.splitlines() if marker in x)
+    m, sec, ms, us = (int(p) for p in line.split()[0].split("."))
+    return m * 60 + sec + ms / 1e3 + us / 1e6
+
+
+def run_llama_perplexity(text: Path, threads: int, n_ctx: int) -> dict:
+    """llama-perplexity over the whole file: PPL, windows, tokens read and scored per second
+    (prompt-eval time, model load excluded)."""
+    cmd = [str(tool("llama-perplexity")), "-m", str(embedded_gguf_path()), "-f", str(text)]
+    cmd += ["-c", str(n_ctx), "-t", str(threads), "-tb", str(threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    log = out.stdout + out.stderr
+    windows = int(re.search(r"calculating perplexity over (\d+) chunks", log).group(1))
+    ppl = float(re.search(r"Final estimate: PPL = ([\d.]+)", log).group(1))
+    # Scoring time: from the line that starts it to the final estimate (load excluded), read
+    # from the log's own timestamps (minutes.seconds.ms.us).
+    seconds = _stamp(log, "Final estimate") - _stamp(log, "calculating perplexity over")
+    read = windows * n_ctx
+    # Each window's first half is context only; tokens n_ctx/2 .. n_ctx-1 are scored.
+    scored = windows * (n_ctx - n_ctx // 2 - 1)
+    return {
+        "tool": "llama-perplexity",
+        "command": " ".join(cmd),
+        "ppl": ppl,
+        "windows": windows,
+        "tokens_read": read,
+        "tokens_scored": scored,
+        "seconds": round(seconds, 2),
+        "read_per_s": round(read / seconds, 1),
+        "scored_per_s": round(scored / seconds, 1),
+    }
+
+
+def run_sepcli_stream(text: Path, threads: int, dtype: str) -> dict:
+    """`sepcli stream` (default SepLLM config) on the file, as a user runs it; streaming time
+    from its summary (model load excluded)."""
+    cmd = [sys.executable, "-m", "sepcli", "stream", str(text), "--json"]
+    cmd += ["--dtype", dtype, "--threads", str(threads), "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    seconds = summary["elapsed_s"]
+    read, scored = summary["input_tokens"], summary["tokens"]
+    return {
+        "tool": "sepcli stream",
+        "command": "sepcli " + " ".join(cmd[3:]),
+        "dtype": summary["dtype"],
+        "threads": summary["threads"],
+        "ppl": summary["ppl"],
+        "tokens_read": read,
+        "tokens_scored": scored,
+        "seconds": seconds,
+        "read_per_s": round(read / seconds, 1),
+        "scored_per_s": round(scored / seconds, 1),
+    }
+
+
+def perplexity(args) -> dict:
+    from sepcli.models import load_tokenizer
+
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        text, n = essays_file(load_tokenizer("smollm2"), args.tokens, Path(tmp))
+        for r in range(args.rounds):
+            row = {"round": r, "llama.cpp": run_llama_perplexity(text, args.threads, args.n_ctx)}
+            for dtype in args.dtypes.split(","):
+                row[f"sepcli {dtype}"] = run_sepcli_stream(text, args.threads, dtype)
+            rounds.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    best = {k: max(r[k]["read_per_s"] for r in rounds) for k in rounds[0] if k != "round"}
+    best_scored = {k: max(r[k]["scored_per_s"] for r in rounds) for k in rounds[0] if k != "round"}
+    peer = "llama.cpp"
+    return {
+        "tokens": n,
+        "n_ctx": args.n_ctx,
+        "rounds": rounds,
+        "best_read_per_s": best,
+        "best_scored_per_s": best_scored,
+        "read_ratio_vs_llama": {k: round(v / best[peer], 2) for k, v in best.items()},
+        "scored_ratio_vs_llama": {
+            k: round(v / best_scored[peer], 2) for k, v in best_scored.items()
+        },
+        "ppl": {k: rounds[0][k]["ppl"] for k in best},
+    }
+
+
+def llama_decode(threads: int, tokens: int, depth: int) -> dict:
+    """llama-bench token generation (-p 0 -n tokens) after ``depth`` tokens of context."""
+    cmd = [str(tool("llama-bench")), "-m", str(embedded_gguf_path()), "-p", "0"]
+    cmd += ["-n", str(tokens), "-d", str(depth), "-t", str(threads), "-r", "3", "-o", "json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    result = json.loads(out.stdout)[0]
+    return {"command": " ".join(cmd), "tok_per_s": round(result["avg_ts"], 1)}
+
+
+@torch.inference_mode()
+def sepcli_decode(lm, prompt: list[int], tokens: int) -> dict:
+    """Greedy decoding one token at a time on the ring, as `sepcli generate` does: the prompt
+    in one chunk, then feed([token]) with the argmax of the last logits."""
+    engine = StreamEngine(lm.model, StreamConfig(), separator_mask(lm.tokenizer), score=False)
+    for start in range(0, len(prompt), engine.config.chunk):
+        engine.feed(prompt[start : start + engine.config.chunk])
+    token = int(engine.last_logits.argmax())
+    engine.feed([token])  # warm-up step, not timed
+    t0 = time.perf_counter()
+    for _ in range(tokens):
+        token = int(engine.last_logits.argmax())
+        engine.feed([token])
+    seconds = time.perf_counter() - t0
+    return {"tok_per_s": round(tokens / seconds, 1), "dtype": lm.dtype_name}
+
+
+def decode(args) -> dict:
+    models = {
+        d: load_model("smollm2", device="cpu", dtype=d)
+        for d in args.dtypes.split(",")
+    }
+    tok = next(iter(models.values())).tokenizer
+    prompt = start_token(tok) + tok(essays_text(), add_special_tokens=False)["input_ids"]
+    prompt = prompt[: args.depth]
+    rounds = []
+    for r in range(args.rounds):
+        row = {"round": r, "llama.cpp": llama_decode(args.threads, args.tokens, args.depth)}
+        for d, lm in models.items():
+            row[f"sepcli {d}"] = sepcli_decode(lm, prompt, args.tokens)
+        rounds.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    best = {k: max(r[k]["tok_per_s"] for r in rounds) for k in rounds[0] if k != "round"}
+    return {
+        "tokens": args.tokens,
+        "depth": args.depth,
+        "rounds": rounds,
+        "best_tok_per_s": best,
+        "ratio_vs_llama": {k: round(v / best["llama.cpp"], 2) for k, v in best.items()},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("mode", choices=("build", "perplexity", "decode"))
+    parser.add_argument("--tokens", type=int, help="perplexity: 20000; decode: 64")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtypes", default="fp32,int8")
+    parser.add_argument("--n-ctx", type=int, default=512)
+    parser.add_argument("--depth", type=int, default=224, help="decode: context before it")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    versions = build()
+    if args.mode == "build":
+        print(json.dumps(versions))
+        return
+    if args.tokens is None:
+        args.tokens = 20000 if args.mode == "perplexity" else 64
+    torch.set_num_threads(args.threads)
+    result = perplexity(args) if args.mode == "perplexity" else decode(args)
+    record = {
+        "bench": f"peer_llamacpp {args.mode}",
+        "llama_cpp": versions["sdist"],
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "cpu": cpu_name(),
+        **result,
+    }
+    text = json.dumps(record, indent=1)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+
+
+def cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
+if __name__ == "__main__":
+    main()

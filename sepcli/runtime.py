@@ -1,0 +1,82 @@
+"""Where and how a model runs: device, dtype (including the int8 path) and CPU threads."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from sepcli.errors import ConfigError, ModelError
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Quantised weights: the name -> the compute dtype of everything that is not quantised.
+QUANT_DTYPES = {"int8": torch.float32}
+
+
+def cpu_has_bf16_matmul() -> bool:
+    """True when the CPU has native bf16 dot products (AMX or AVX512-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("--device cuda was asked for, but torch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise ModelError(f"unknown --device {device!r}: use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> str:
+    """The --dtype name to load with. auto: bf16 on CUDA, bf16 on a CPU with native bf16
+    matmul, int8 on another CPU that runs it (faster than fp32 within 1% perplexity, see
+    docs/models.md), else fp32."""
+    from sepcli.quant import int8_supported
+
+    if dtype == "auto":
+        if device.type == "cuda" or cpu_has_bf16_matmul():
+            return "bf16"
+        return "int8" if int8_supported(device) is None else "fp32"
+    if dtype in QUANT_DTYPES:
+        why = int8_supported(device)
+        if why is not None:
+            raise ModelError(why)
+        return dtype
+    if dtype not in DTYPES:
+        raise ModelError(f"unknown --dtype {dtype!r}: use auto, bf16, fp16, fp32 or int8")
+    return dtype
+
+
+def physical_cores() -> int:
+    """Physical CPU cores: distinct (package, core) pairs in /proc/cpuinfo, else the logical
+    count. Hyper-threads share one core's matmul units, so more threads than cores only adds
+    contention."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        text = ""
+    cores = set()
+    for block in text.split("\n\n"):
+        fields = dict(
+            (k.strip(), v.strip()) for k, _, v in (ln.partition(":") for ln in block.splitlines())
+        )
+        if "core id" in fields:
+            cores.add((fields.get("physical id"), fields["core id"]))
+    return len(cores) or os.cpu_count() or 1
+
+
+def set_threads(threads: int | None) -> int:
+    """Set torch's intra-op threads (None: the physical cores); returns the count used."""
+    if threads is None:
+        threads = physical_cores()
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    return threads

@@ -262,6 +262,7 @@ def main() -> None:
     if args.tokens is None:
         args.tokens = 20000 if args.mode == "perplexity" else 64
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     result = perplexity(args) if args.mode == "perplexity" else decode(args)
     record = {
         "bench": f"peer_llamacpp {args.mode}",
@@ -269,6 +270,7 @@ def main() -> None:
         "threads": args.threads,
         "torch": torch.__version__,
         "cpu": cpu_name(),
+        "load_average_1min": {"before": load_before[0], "after": os.getloadavg()[0]},
         **result,
     }
     text = json.dumps(record, indent=1)

@@ -218,10 +218,7 @@ def sepcli_decode(lm, prompt: list[int], tokens: int) -> dict:
 
 
 def decode(args) -> dict:
-    models = {
-        d: load_model("smollm2", device="cpu", dtype=d)
-        for d in args.dtypes.split(",")
-    }
+    models = {d: load_model("smollm2", device="cpu", dtype=d) for d in args.dtypes.split(",")}
     tok = next(iter(models.values())).tokenizer
     prompt = start_token(tok) + tok(essays_text(), add_special_tokens=False)["input_ids"]
     prompt = prompt[: args.depth]

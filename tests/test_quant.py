@@ -18,7 +18,7 @@ from sepcli.runtime import physical_cores, resolve_dtype
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
-from tests.conftest import build_tiny_llama
+from tests.helpers import build_tiny_llama
 
 pytestmark = pytest.mark.skipif(
     int8_supported(torch.device("cpu")) is not None, reason="no int8 CPU path in this torch"

@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sepcli import arch
 from sepcli.errors import ConfigError, ContextLimitError
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
+from tests.naive import NaiveRing
 
 from helpers import SHARP, hf_nll, run_engine
 
@@ -28,68 +28,15 @@ def text_ids(tokenizer):
 # ---------------------------------------------------------------------- the naive reference
 
 
-def naive_evict(kept, method, a, s, w):
-    """The methods' rules on a python list of entries (oldest first), once it is over budget."""
-    if method == "sepllm":
-        middle = [e for i, e in enumerate(kept) if e["idx"] >= a and i < len(kept) - w]
-        mid_seps = [e for e in middle if e["sep"]]
-        # the newest s separators: count them off one by one (no slicing arithmetic)
-        keep_ids = set()
-        for e in reversed(mid_seps):
-            if len(keep_ids) == s:
-                break
-            keep_ids.add(e["idx"])
-        return [e for e in kept if e not in middle or e["idx"] in keep_ids]
-    if method == "streamingllm":
-        first_recent = next(i for i, e in enumerate(kept) if e["idx"] >= a)
-        return kept[:first_recent] + kept[first_recent + 1 :]
-    if method == "window":
-        return kept[1:]
-    return kept
-
-
 def naive_nll(model, ids, method, a, s, w, c, sep_ids, official=False):
-    """Token by token; python lists of per-token pre-RoPE K/V; torch.cat and re-rotate everything
-    at cache positions 0..L each step; attention written out with softmax.
-
-    ``official=False``: sepcli's timing, a token attends to at most ``c`` entries with itself
-    (evict before it is written). ``official=True``: the timing of the official loops
-    (StreamingLLM's eval_long_ppl.py, which SepLLM's streaming evaluation builds on): the token
-    attends to the ``c`` cached entries plus itself, and eviction runs after the forward on the
-    ``c + 1`` entries that then exist."""
-    shape = arch.shape_of(model)
-    layers = arch.decoder_layers(model)
-    kept = []  # entries: {"idx": text index, "sep": bool, "k": [per layer (Hkv, D)], "v": [...]}
-    out = []
-    prev_logits = None
-    for t, tok in enumerate(ids):
-        if not official and len(kept) + 1 > c:
-            kept = naive_evict(kept, method, a, s, w)
-        entry = {"idx": t, "sep": tok in sep_ids, "k": [], "v": []}
-        kept.append(entry)
-        n = len(kept)
-        h = arch.embed(model, torch.tensor([[tok]]))
-        for li, layer in enumerate(layers):
-            q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), shape)
-            entry["k"].append(k[0, :, 0])
-            entry["v"].append(v[0, :, 0])
-            keys = torch.stack([e["k"][li] for e in kept], dim=1)  # (Hkv, n, D)
-            vals = torch.stack([e["v"][li] for e in kept], dim=1)
-            cos, sin = arch.rope_cos_sin(model, h, torch.arange(n)[None])
-            keys = arch.apply_rope(keys[None], cos, sin)[0]
-            qr = arch.apply_rope(q, cos[:, -1:], sin[:, -1:])[0]  # (Hq, 1, D) at position n-1
-            keys = keys.repeat_interleave(shape.group, dim=0)
-            vals = vals.repeat_interleave(shape.group, dim=0)
-            att = torch.softmax((qr @ keys.transpose(-1, -2)) * shape.scale, dim=-1)
-            o = (att @ vals)[None]  # (1, Hq, 1, D)
-            h = h + arch.attention_output(layer, o)
-            h = arch.mlp_block(layer, h)
-        logits = arch.logits(model, h)[0, -1].float()
+    """Per-token NLL of ids[1:] under the naive cache of :mod:`tests.naive` (``official``: the
+    official loops' eviction timing, see :class:`tests.naive.NaiveRing`)."""
+    ring = NaiveRing(model, method, a, s, w, c, sep_ids, official=official)
+    out, prev_logits = [], None
+    for tok in ids:
         if prev_logits is not None:
             out.append(F.cross_entropy(prev_logits[None], torch.tensor([tok])))
-        prev_logits = logits
-        if official and len(kept) > c:
-            kept = naive_evict(kept, method, a, s, w)
+        prev_logits = ring.step(tok)
     return torch.stack(out)
 
 

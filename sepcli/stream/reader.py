@@ -80,9 +80,10 @@ def safe_cut(text: str) -> int:
 
 
 def text_blocks(
-    stream: BinaryIO, stats: ReadStats, block_bytes: int = BLOCK_BYTES
+    stream: BinaryIO, stats: ReadStats, block_bytes: int = BLOCK_BYTES, allow_empty: bool = False
 ) -> Iterator[str]:
-    """Decoded text in blocks that end at safe tokenization points; the last one gets the rest."""
+    """Decoded text in blocks that end at safe tokenization points; the last one gets the rest.
+    An input with no non-whitespace text is an InputError unless ``allow_empty``."""
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending, first, non_space = "", True, False
     while True:
@@ -103,7 +104,7 @@ def text_blocks(
         if cut:
             yield pending[:cut]
             pending = pending[cut:]
-    if not non_space:
+    if not non_space and not allow_empty:
         raise InputError("the input is empty (no text to score)")
     if pending:
         yield pending

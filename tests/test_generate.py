@@ -214,3 +214,46 @@ def test_plain_format_without_a_template(tokenizer):
     assert fmt.opening("Hi") + " Yo" + fmt.next_turn("Bye") == (
         "System: S\n\nUser: Hi\nAssistant: Yo\nUser: Bye\nAssistant:"
     )
+
+
+@torch.inference_mode()
+@pytest.mark.parametrize("method", ["sepllm", "streamingllm", "window"])
+def test_transformers_generate_with_the_cache_adapter(tiny_llama, tokenizer, seps, prompt, method):
+    """``model.generate()`` on :class:`SepLLMCache` (ids passed by ``track_ids``) writes the
+    same greedy tokens as sepcli's decoder, far past the cache's capacity."""
+    import warnings
+
+    from sepcli.stream.hf_cache import SepLLMCache
+
+    model = tiny_llama(layers=2, hidden=48, heads=6, kv_heads=2, seed=SEED, initializer_range=SHARP)
+    config = StreamConfig(method=method, init=2, sep=4, window=8, capacity=48, chunk=8)
+    ours, _ = greedy_ids(model, tokenizer, seps, prompt, 150, config)
+    cache = SepLLMCache(model, config, seps)
+    model.generation_config.eos_token_id = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)  # no deprecated argument names
+        out = model.generate(
+            torch.tensor([prompt]),
+            cache=cache,
+            logits_processor=[cache.track_ids()],
+            max_new_tokens=150,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert out[0, len(prompt) :].tolist() == ours
+    assert cache.ring.used <= 48 and cache.seen == len(prompt) + 149
+
+
+def test_generate_with_the_adapter_refuses_a_prompt_longer_than_the_cache(tiny_llama, seps):
+    from sepcli.errors import InputError
+    from sepcli.stream.hf_cache import SepLLMCache
+
+    model = tiny_llama(layers=1, hidden=32, heads=2, kv_heads=1)
+    cache = SepLLMCache(model, StreamConfig(init=2, sep=4, window=8, capacity=20), seps)
+    with pytest.raises(InputError, match="steps"):
+        model.generate(
+            torch.arange(1, 31)[None],
+            cache=cache,
+            logits_processor=[cache.track_ids()],
+            max_new_tokens=2,
+        )

@@ -240,7 +240,7 @@ def test_transformers_cache_adapter_matches_the_engine(tiny_llama, seps, text_id
     rows = []
     for i in range(0, len(ids), cfg.chunk):
         for step in cache.steps(torch.tensor([ids[i : i + cfg.chunk]])):
-            rows.append(model(step, past_key_values=cache).logits[0].float())
+            rows.append(model(step, cache=cache).logits[0].float())
     logits = torch.cat(rows)
     nll = F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
     assert cache.ring.used <= 32 and cache.seen == len(ids)

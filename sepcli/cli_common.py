@@ -80,6 +80,17 @@ class Throttle:
         return False
 
 
+def run_info(lm: LoadedModel) -> dict:
+    """What a run's JSON records about the model it ran: name, device, dtype."""
+    return {"model": lm.name, "device": str(lm.device), "dtype": dtype_name(lm)}
+
+
+def show_config(command: str, fields: dict, extra: str = "") -> None:
+    """The resolved configuration of a run, one dim line on stderr (empty values left out)."""
+    items = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, [], ()))
+    err_console.print(f"[dim]{command}: {items}{extra}[/]")
+
+
 def warn_ignored(ctx: typer.Context, names: Iterable[str], why: str) -> None:
     """A stderr warning for each parameter in ``names`` given on the command line, which the
     chosen mode does not read (``why`` says which mode, e.g. "with --method full")."""

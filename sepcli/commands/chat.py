@@ -18,10 +18,11 @@ from sepcli.cli_common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
-    dtype_name,
     err_console,
     guarded,
     load,
+    run_info,
+    show_config,
     warn,
 )
 from sepcli.commands.cache_options import (
@@ -161,13 +162,8 @@ def chat(
     if checkpoint_path is not None:
         checkpoint.probe(checkpoint_path)
     resolved = {**config.to_dict(), "capacity": session.engine.capacity, **gen.to_dict()}
-    info = {"model": lm.name, "device": str(lm.device), "dtype": dtype_name(lm)}
-    err_console.print(
-        "[dim]chat: "
-        + " ".join(f"{k}={v}" for k, v in {**resolved, **info}.items() if v not in (None, []))
-        + (f" resumed at turn {len(session.turns)}" if resume else "")
-        + "[/]"
-    )
+    extra = f" resumed at turn {len(session.turns)}" if resume else ""
+    show_config("chat", {**resolved, **run_info(lm)}, extra)
 
     def save(path) -> None:
         checkpoint.save(path, meta, session.engine.state_dict(), session.state_dict())

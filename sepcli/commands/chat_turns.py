@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 from sepcli.errors import InputError
-from sepcli.stream.reader import ReadStats, refuse_binary
+from sepcli.stream.reader import ReadStats, open_input, refuse_binary
 
 
 def parse_line(raw: bytes, lineno: int, where: str, stats: ReadStats) -> str | None:
@@ -44,15 +43,8 @@ def read_turns(lines: Iterable[bytes], where: str, stats: ReadStats) -> Iterator
 
 def load_turns_file(path: str, stats: ReadStats) -> list[str]:
     """Every turn of a ``--turns`` file, all checked before the model loads."""
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"no such file: {path}")
-    if p.is_dir():
-        raise InputError(f"{path} is a directory, not a turns file")
-    try:
-        data = p.read_bytes()
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with open_input(path) as source:  # the usual one-line errors: missing, directory, unreadable
+        data = source.read()
     turns = list(read_turns(data.splitlines(keepends=True), f"--turns {path}", stats))
     if not turns:
         raise InputError(f"--turns {path} has no turns")

@@ -20,10 +20,11 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
-    dtype_name,
     err_console,
     guarded,
     load,
+    run_info,
+    show_config,
     warn,
 )
 from sepcli.commands.cache_options import (
@@ -146,14 +147,8 @@ def generate(
         engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer))
         decoder = Decoder(engine, lm.tokenizer, gen.sampling, stop_ids(lm.model, lm.tokenizer))
         resolved = {**config.to_dict(), "capacity": engine.capacity, **gen.to_dict()}
-        run_info = {"model": lm.name, "device": str(lm.device), "dtype": dtype_name(lm)}
-        err_console.print(
-            "[dim]generate: "
-            + " ".join(
-                f"{k}={v}" for k, v in {**resolved, **run_info}.items() if v not in (None, [])
-            )
-            + "[/]"
-        )
+        info = run_info(lm)
+        show_config("generate", {**resolved, **info})
         stats = ReadStats()
         metrics = RunMetrics(engine.capacity)
         use_json = json_out
@@ -201,7 +196,7 @@ def generate(
             "prompt_ppl": metrics.snapshot()["ppl"] if ppl else None,
             "replaced_chars": stats.replaced,
             "config": resolved,
-            **run_info,
+            **info,
         }
         if use_json:
             typer.echo(json.dumps(summary))

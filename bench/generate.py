@@ -72,7 +72,7 @@ def speed_run(args) -> None:
     model.generation_config.eos_token_id = None  # both run the full n tokens
 
     def ours() -> tuple[float, list[int]]:
-        engine = StreamEngine(model, cfg, seps)
+        engine = StreamEngine(model, cfg, seps, score=False)
         decoder = Decoder(engine, tok, SamplingConfig(), eos=set())
         for _ in decoder.prefill([prompt]):
             pass
@@ -96,7 +96,7 @@ def speed_run(args) -> None:
         """Token by token, alternating: one sepcli step, one transformers step (its own loop
         on a DynamicCache, as generate runs it, without generate's bookkeeping), so both see
         the same load on a shared machine."""
-        engine = StreamEngine(model, cfg, seps)
+        engine = StreamEngine(model, cfg, seps, score=False)
         decoder = Decoder(engine, tok, SamplingConfig(), eos=set())
         for _ in decoder.prefill([prompt]):
             pass
@@ -168,7 +168,7 @@ def long_run(args) -> None:
     """Generate ``--new-tokens`` tokens with sepllm, one JSON line per ``--every`` tokens."""
     lm = load_model(args.model, device="cpu", dtype=args.dtype)
     cfg = StreamConfig(method=args.method)
-    engine = StreamEngine(lm.model, cfg, separator_mask(lm.tokenizer))
+    engine = StreamEngine(lm.model, cfg, separator_mask(lm.tokenizer), score=False)
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     decoder = Decoder(engine, lm.tokenizer, sampling, stop_ids(lm.model, lm.tokenizer))
     for _ in decoder.prefill([essay_prompt(lm.tokenizer, args.prompt_tokens)]):

@@ -31,7 +31,7 @@ def prompt(tokenizer):
 
 
 def greedy_ids(model, tokenizer, seps, prompt, n, config):
-    engine = StreamEngine(model, config, seps)
+    engine = StreamEngine(model, config, seps, score=False)
     decoder = Decoder(engine, tokenizer, SamplingConfig(), eos=set())
     for _ in decoder.prefill([prompt]):
         pass

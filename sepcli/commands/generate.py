@@ -99,7 +99,7 @@ def _prompt_blocks(tokenizer, file: str | None, prompt: str | None, stats: ReadS
         texts = [text]
     else:
         texts = text_blocks(source, stats, allow_empty=True)
-    return itertools.chain([start_token(tokenizer)], token_blocks(tokenizer, texts, stats))
+    return itertools.chain([start_token(tokenizer)], token_blocks(tokenizer, texts))
 
 
 @guarded
@@ -144,7 +144,7 @@ def generate(
         file = "-"
     with open_input(file or "-") as source:
         lm = load(model, device, dtype)
-        engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer))
+        engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
         decoder = Decoder(engine, lm.tokenizer, gen.sampling, stop_ids(lm.model, lm.tokenizer))
         resolved = {**config.to_dict(), "capacity": engine.capacity, **gen.to_dict()}
         info = run_info(lm)
@@ -164,7 +164,7 @@ def generate(
                 )
                 if flag.requested:
                     break
-            if stats.tokens == 0 and not flag.requested:
+            if engine.seen == len(start_token(lm.tokenizer)) and not flag.requested:
                 if engine.seen == 0:
                     raise InputError("the prompt is empty and the tokenizer has no BOS token")
                 warn("the prompt is empty: generating from the BOS token alone")

@@ -102,7 +102,7 @@ class ChatSession:
 
     def reset(self) -> None:
         """Forget the conversation: an empty ring, turn 1 next."""
-        engine = StreamEngine(self.model, self.stream, self._separators)
+        engine = StreamEngine(self.model, self.stream, self._separators, score=False)
         self.decoder = Decoder(
             engine, self.tokenizer, self.config.sampling, stop_ids(self.model, self.tokenizer)
         )

@@ -78,17 +78,6 @@ class Token:
     text: str
 
 
-def feed(engine: StreamEngine, ids: Sequence[int]) -> None:
-    """One chunk through the engine (its last logits become the next prediction)."""
-    for _ in engine.feed(ids):
-        pass
-
-
-def last_logits(engine: StreamEngine) -> torch.Tensor:
-    """[vocab] fp32 logits of the last token fed: the prediction for the next one."""
-    return engine.carry
-
-
 def prefill(engine: StreamEngine, blocks: Iterable[Sequence[int]]) -> Iterator:
     """Feed token blocks of any size in ``config.chunk`` chunks; yields the engine's per-chunk
     stats (constant memory however long the prompt)."""
@@ -96,9 +85,9 @@ def prefill(engine: StreamEngine, blocks: Iterable[Sequence[int]]) -> Iterator:
 
 
 def decode_one_token(engine: StreamEngine, token: int) -> torch.Tensor:
-    """Feed one token; -> [vocab] logits for the next."""
-    feed(engine, [token])
-    return last_logits(engine)
+    """Feed one token; -> [vocab] fp32 logits for the next."""
+    engine.feed([token])
+    return engine.last_logits
 
 
 class Decoder:
@@ -154,7 +143,7 @@ class Decoder:
         try:
             while True:
                 logits = (
-                    last_logits(self.engine)
+                    self.engine.last_logits
                     if self.pending is None
                     else decode_one_token(self.engine, self.pending)
                 )
@@ -220,7 +209,7 @@ def generate(
     ids = prompt_ids(tokenizer, prompt)
     if not ids:
         raise ConfigError("the prompt is empty and the tokenizer has no BOS token to start from")
-    engine = StreamEngine(model, stream, separator_mask(tokenizer))
+    engine = StreamEngine(model, stream, separator_mask(tokenizer), score=False)
     decoder = Decoder(engine, tokenizer, config.sampling, stop_ids(model, tokenizer))
     for _ in decoder.prefill([ids]):
         pass

@@ -190,14 +190,18 @@ def long_run(args) -> None:
         f.write(json.dumps(head) + "\n")
         f.flush()
         t0 = last = time.perf_counter()
+        cpu_last = time.process_time()
         chars = 0
         for i, tok in enumerate(decoder.decode(args.new_tokens, ignore_eos=True), start=1):
             chars += len(tok.text)
             if i % args.every == 0:
-                now = time.perf_counter()
+                now, cpu_now = time.perf_counter(), time.process_time()
                 row = {
                     "tokens": i,
                     "tok_per_s": round(args.every / (now - last), 3),
+                    # CPU seconds of this process: what the engine costs per token, whatever
+                    # else runs on the machine (wall-clock rates follow the load)
+                    "cpu_tok_per_s": round(args.every / (cpu_now - cpu_last), 3),
                     "elapsed_s": round(now - t0, 2),
                     "rss_mb": round(rss_mb(), 1),
                     "cache_used": engine.ring.used,
@@ -206,7 +210,7 @@ def long_run(args) -> None:
                 }
                 f.write(json.dumps(row) + "\n")
                 f.flush()
-                last = now
+                last, cpu_last = now, cpu_now
         f.write(json.dumps({"event": "end", "peak_rss_mb": round(peak_rss_mb(), 1)}) + "\n")
     long_plot(argparse.Namespace(results=args.out, plot=args.plot))
 
@@ -226,6 +230,17 @@ def long_plot(args) -> None:
         "first_block_tok_per_s": first["tok_per_s"],
         "last_block_tok_per_s": lastr["tok_per_s"],
         "speed_ratio_last_over_first": round(lastr["tok_per_s"] / first["tok_per_s"], 3),
+        **(
+            {
+                "first_block_cpu_tok_per_s": first["cpu_tok_per_s"],
+                "last_block_cpu_tok_per_s": lastr["cpu_tok_per_s"],
+                "cpu_speed_ratio_last_over_first": round(
+                    lastr["cpu_tok_per_s"] / first["cpu_tok_per_s"], 3
+                ),
+            }
+            if "cpu_tok_per_s" in first
+            else {}
+        ),
         "rss_first_mb": first["rss_mb"],
         "rss_last_mb": lastr["rss_mb"],
         "rss_max_over_min": round(max(rss) / min(rss), 4),
@@ -242,7 +257,14 @@ def long_plot(args) -> None:
 
         x = [r["tokens"] for r in marks]
         fig, ax = plt.subplots(figsize=(8, 4))
-        ax.plot(x, [r["tok_per_s"] for r in marks], color="tab:blue")
+        ax.plot(x, [r["tok_per_s"] for r in marks], color="tab:blue", label="tok/s (wall clock)")
+        if "cpu_tok_per_s" in marks[0]:
+            ax.plot(
+                x,
+                [r["cpu_tok_per_s"] for r in marks],
+                color="tab:green",
+                label="tok/s (per CPU second of this process)",
+            )
         ax.set_xlabel("tokens generated")
         ax.set_ylabel("decode tokens/s (per 1,000)", color="tab:blue")
         ax.axvline(head["context_length"], color="gray", ls=":", label="model context (8K)")
@@ -311,13 +333,15 @@ WORDS = [
 def chat_turns(n_turns: int) -> list[dict]:
     """Cycles of six turns: a fact, its recall one turn later, another fact, two questions on
     essay passages, that fact's recall three turns later. Real text, deterministic."""
-    all_paras = [p.strip() for p in essays_text().split("\n\n") if p.strip()]
-    # passages of two consecutive paragraphs, 1,600-3,200 characters (about 400-800 tokens)
-    paras = [
-        a + "\n\n" + b
-        for a, b in zip(all_paras, all_paras[1:], strict=False)
-        if 1600 <= len(a) + len(b) <= 3200
-    ]
+    paras = [p.strip() for p in essays_text().split("\n\n") if p.strip()]
+    # passages of consecutive paragraphs, 3,000-5,000 characters (about 750-1,250 tokens)
+    passages, cur = [], ""
+    for para in paras:
+        cur = f"{cur}\n\n{para}" if cur else para
+        if len(cur) >= 3000:
+            if len(cur) <= 5000:
+                passages.append(cur)
+            cur = ""
     turns, k, pi = [], 0, 0
     while len(turns) < n_turns:
         f1, f2 = (NAMES[k % 20], WORDS[k % 20]), (NAMES[(k + 7) % 20], WORDS[(k + 11) % 20])
@@ -342,7 +366,7 @@ def chat_turns(n_turns: int) -> list[dict]:
             pi += 1
             return {
                 "kind": "passage",
-                "user": paras[pi * 7 % len(paras)]
+                "user": passages[pi * 7 % len(passages)]
                 + "\n\nIn one sentence, what is the main point of this passage?",
             }
 
@@ -417,7 +441,13 @@ def chat_run(args) -> None:
 
 def chat_report(args) -> None:
     """Table (markdown, stdout) and plot of a chat run."""
-    res = json.loads(Path(args.results).read_text())
+    res = None
+    for path in args.results.split(","):  # runs of some methods each, merged
+        part = json.loads(Path(path).read_text())
+        if res is None:
+            res = part
+        else:
+            res["runs"].update(part["runs"])
     limit = 8192
     print(
         "| method | turns | tokens | recall gap 1 | recall gap 3 | repetition | median reply ppl"
@@ -517,14 +547,14 @@ def main() -> None:
     p = sub.add_parser("chat", help="the StreamingLLM experiment as a long chat")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--dtype", default="fp32")
-    p.add_argument("--turns", type=int, default=48)
-    p.add_argument("--reply-tokens", type=int, default=48)
+    p.add_argument("--turns", type=int, default=30)
+    p.add_argument("--reply-tokens", type=int, default=24)
     p.add_argument("--methods", default="sepllm,streamingllm,window,full")
     p.add_argument("--out", default=str(RESULTS / "generate-chat.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "generate_chat.png"))
     p.set_defaults(fn=chat_run)
 
-    p = sub.add_parser("chat-report", help="table + PNG of a chat run")
+    p = sub.add_parser("chat-report", help="table + PNG of chat runs (comma-separated files)")
     p.add_argument("--results", default=str(RESULTS / "generate-chat.json"))
     p.add_argument("--plot", default=str(ROOT / "docs" / "generate_chat.png"))
     p.set_defaults(fn=chat_report)

@@ -286,3 +286,13 @@ def test_repl_commands(tiny_dir, tmp_path, monkeypatch, capsys):
     assert saved == [f"{tmp_path}/x"]
     assert session.turns == []  # /reset came after the two turns
     assert session.engine.seen == 0
+    err = capsys.readouterr().err
+    assert "usage:" in err and "unknown command /nope" in err and "/reset" in err
+
+
+def test_chat_save_refuses_to_overwrite_a_file_that_is_not_a_checkpoint(tiny_dir, tmp_path):
+    keep = tmp_path / "notes.txt"
+    keep.write_text("precious")
+    result = run("chat", [*base(tiny_dir, "-n", "3"), "--checkpoint", str(keep)], input="hi\n")
+    assert result.exit_code == 2 and "refusing to overwrite" in result.stderr
+    assert keep.read_text() == "precious"

@@ -166,6 +166,7 @@ def chat(
     show_config("chat", {**resolved, **run_info(lm)}, extra)
 
     def save(path) -> None:
+        checkpoint.check_target(path)  # /save never overwrites a file that is not a checkpoint
         checkpoint.save(path, meta, session.engine.state_dict(), session.state_dict())
 
     failed: SepcliError | None = None

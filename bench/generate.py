@@ -425,6 +425,8 @@ def chat_run(args) -> None:
                 row["recalled"] = turn["answer"] in done.reply.lower()
                 row["gap"] = turn["gap"]
             rows.append(row)
+            results["runs"][method] = {"config": cfg.to_dict(), "rows": rows, "refused": None}
+            Path(args.out).write_text(json.dumps(results, indent=1))  # partial runs count too
             print(
                 json.dumps({"method": method, **{k: v for k, v in row.items() if k != "reply"}}),
                 flush=True,

@@ -15,41 +15,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the install
+import torch
 
-import torch  # noqa: E402
+from sepcli.generate.decode import Decoder, GenerateConfig
+from sepcli.generate.sampling import SamplingConfig, stop_ids
+from sepcli.memory import peak_rss_mb, rss_mb
+from sepcli.models import load_model
+from sepcli.separators import separator_mask
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.engine import StreamEngine
+from sepcli.texts import essays_text
 
-from sepcli.generate.decode import Decoder, GenerateConfig  # noqa: E402
-from sepcli.generate.sampling import SamplingConfig, stop_ids  # noqa: E402
-from sepcli.memory import peak_rss_mb, rss_mb  # noqa: E402
-from sepcli.models import load_model  # noqa: E402
-from sepcli.separators import separator_mask  # noqa: E402
-from sepcli.stream.config import StreamConfig  # noqa: E402
-from sepcli.stream.engine import StreamEngine  # noqa: E402
-from sepcli.stream.reader import start_token  # noqa: E402
-from sepcli.texts import essays_text  # noqa: E402
+from common import DOCS, RESULTS, essay_ids, machine
 
 if "OMP_NUM_THREADS" in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def essay_prompt(tok, n: int) -> list[int]:
-    """BOS + the first n tokens of the essays."""
-    return (
-        start_token(tok)
-        + tok(essays_text(max_chars=8 * n), add_special_tokens=False)["input_ids"][:n]
-    )
-
-
-def machine() -> dict:
-    return {"threads": torch.get_num_threads(), "cpus": os.cpu_count(), "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------- decode speed vs transformers
@@ -64,7 +47,7 @@ def speed_run(args) -> None:
 
     lm = load_model(args.model, device="cpu", dtype=args.dtype)
     model, tok = lm.model, lm.tokenizer
-    prompt = essay_prompt(tok, args.prompt_tokens)
+    prompt = essay_ids(tok, args.prompt_tokens)
     n = args.new_tokens
     cfg = StreamConfig(method=args.method)
     seps = separator_mask(tok)
@@ -171,7 +154,7 @@ def long_run(args) -> None:
     engine = StreamEngine(lm.model, cfg, separator_mask(lm.tokenizer), score=False)
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     decoder = Decoder(engine, lm.tokenizer, sampling, stop_ids(lm.model, lm.tokenizer))
-    for _ in decoder.prefill([essay_prompt(lm.tokenizer, args.prompt_tokens)]):
+    for _ in decoder.prefill([essay_ids(lm.tokenizer, args.prompt_tokens)]):
         pass
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -538,12 +521,12 @@ def main() -> None:
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=str(RESULTS / "generate-long.jsonl"))
-    p.add_argument("--plot", default=str(ROOT / "docs" / "generate_long.png"))
+    p.add_argument("--plot", default=str(DOCS / "generate_long.png"))
     p.set_defaults(fn=long_run)
 
     p = sub.add_parser("long-plot", help="summary + PNG of a long run's JSON lines")
     p.add_argument("--results", default=str(RESULTS / "generate-long.jsonl"))
-    p.add_argument("--plot", default=str(ROOT / "docs" / "generate_long.png"))
+    p.add_argument("--plot", default=str(DOCS / "generate_long.png"))
     p.set_defaults(fn=long_plot)
 
     p = sub.add_parser("chat", help="the StreamingLLM experiment as a long chat")
@@ -553,12 +536,12 @@ def main() -> None:
     p.add_argument("--reply-tokens", type=int, default=24)
     p.add_argument("--methods", default="sepllm,streamingllm,window,full")
     p.add_argument("--out", default=str(RESULTS / "generate-chat.json"))
-    p.add_argument("--plot", default=str(ROOT / "docs" / "generate_chat.png"))
+    p.add_argument("--plot", default=str(DOCS / "generate_chat.png"))
     p.set_defaults(fn=chat_run)
 
     p = sub.add_parser("chat-report", help="table + PNG of chat runs (comma-separated files)")
     p.add_argument("--results", default=str(RESULTS / "generate-chat.json"))
-    p.add_argument("--plot", default=str(ROOT / "docs" / "generate_chat.png"))
+    p.add_argument("--plot", default=str(DOCS / "generate_chat.png"))
     p.set_defaults(fn=chat_report)
 
     args = parser.parse_args()

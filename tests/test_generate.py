@@ -15,11 +15,12 @@ from sepcli.generate.sampling import SamplingConfig, sample
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
-from tests.naive import naive_greedy
 
-# Sharpened weights (as in test_stream_engine.py): a random tiny model then has peaked
-# attention and spread-out logits, so one wrong position or visible token changes the argmax.
-SHARP = 0.3
+from helpers import SHARP
+from naive import naive_greedy
+
+# SHARP weights: a random tiny model then has peaked attention and spread-out logits, so one
+# wrong position or visible token changes the argmax.
 SEED = 1234
 
 

@@ -18,7 +18,8 @@ from sepcli.cli import app
 from sepcli.generate.decode import GenerateConfig, generate
 from sepcli.models import load_model
 from sepcli.stream.config import StreamConfig
-from tests.conftest import build_tiny_llama
+
+from helpers import build_tiny_llama
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--init", "2", "--sep", "4", "--window", "16", "--capacity", "40", "--chunk", "8"]

@@ -13,9 +13,9 @@ from sepcli.errors import ConfigError, ContextLimitError
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
-from tests.naive import NaiveRing
 
 from helpers import SHARP, hf_nll, run_engine
+from naive import NaiveRing
 
 
 @pytest.fixture(scope="module")

@@ -33,17 +33,17 @@ sys.path.insert(0, str(ROOT))
 
 from sepcli.gemfilter import calibrate as cal  # noqa: E402
 from sepcli.gemfilter.config import QAConfig  # noqa: E402
-from sepcli.gemfilter.filter import layer_scores, select, select_spans  # noqa: E402
+from sepcli.gemfilter.filter import layer_scores  # noqa: E402
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text  # noqa: E402
 from sepcli.gemfilter.needles import NEEDLES, make_grid  # noqa: E402
-from sepcli.gemfilter.pipeline import (  # noqa: E402
-    answer_text,
-    pick,
-    prepare,
-    segments_for,
-    sentence_units,
-)
+from sepcli.gemfilter.pipeline import answer_text, prepare, segments_for  # noqa: E402
 from sepcli.gemfilter.segments import split_scores  # noqa: E402
+from sepcli.gemfilter.selection import (  # noqa: E402
+    choose_positions,
+    sentence_units,
+    top_spans,
+    top_tokens,
+)
 from sepcli.memory import PeakMemory  # noqa: E402
 from sepcli.models import load_model  # noqa: E402
 
@@ -108,7 +108,7 @@ def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int,
     sentences and the question, so every candidate is scored in one softmax, and keeps k
     tokens of whole sentences by those scores. Returns (kept positions, round-2 seconds)."""
     t0 = time.perf_counter()
-    first = pick(prompt, scores, factor * k, "sentence", 1, keep)
+    first = choose_positions(prompt, scores, factor * k, "sentence", 1, keep)
     device = next(lm.model.parameters()).device
     ((_, again),) = list(
         layer_scores(lm.model, prompt.ids[first][None].to(device), [layer], window)
@@ -119,7 +119,7 @@ def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int,
     units = [
         (a, b) for a, b in sentence_units(prompt, True, k) if all(i in inside for i in range(a, b))
     ]
-    return select_spans(rescored, units, k, keep=keep), time.perf_counter() - t0
+    return top_spans(rescored, units, k, keep=keep), time.perf_counter() - t0
 
 
 def cmd_calibrate(args, lm) -> None:
@@ -227,14 +227,14 @@ def cmd_grid(args, lm) -> None:
             for k in ks:
                 recall = {}
                 for smooth, protect in variants:
-                    idx = select(scores, k, smooth=smooth, keep=~doc_mask if protect else None)
+                    idx = top_tokens(scores, k, smooth=smooth, keep=~doc_mask if protect else None)
                     kept = set(idx.tolist())
                     recall[f"smooth{smooth}-protect{int(protect)}"] = sum(
                         p in kept for p in needle_pos
                     ) / len(needle_pos)
                 for unit in units:
                     keep = ~doc_mask if cfg.protect else None
-                    idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    idx = choose_positions(prompt, scores, k, unit, cfg.smooth, keep)
                     ans = _answer_from_ids(lm, prompt.ids[idx], args.max_new_tokens, case)
                     name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
                     name += "" if len(units) == 1 else f"-{unit}"
@@ -414,7 +414,7 @@ def cmd_long(args, lm) -> None:
             row[f"filter_peak_mem_bytes{tag}"] = mem.peak_bytes
             for k in ks:
                 for unit in units:
-                    idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    idx = choose_positions(prompt, scores, k, unit, cfg.smooth, keep)
                     name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
                     row[name] = _judge(lm, case, prompt, idx, needle_pos, args.max_new_tokens)
                 for factor in factors if len(bounds) > 1 else []:

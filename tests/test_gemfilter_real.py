@@ -7,7 +7,8 @@ import pytest
 
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.needles import NEEDLES, make_case
-from sepcli.gemfilter.pipeline import Result, Selected, answer_text, prepare, run_qa, select_tokens
+from sepcli.gemfilter.pipeline import Result, answer_text, filter_prompt, prepare, run_qa
+from sepcli.gemfilter.selection import Selected
 
 # The layer `python bench/niah.py calibrate --lengths 1024,2048 --needles 3` chose (0-based).
 SMOLLM2_LAYER = 17
@@ -20,7 +21,7 @@ def test_needle_in_2k_tokens_is_selected_and_answered(real_model):
     cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=256, max_new_tokens=24)
     prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
     assert prompt.doc_end - prompt.doc_start > 1900
-    chosen = select_tokens(lm.model, prompt, cfg)
+    chosen = filter_prompt(lm.model, prompt, cfg)
     kept = set(chosen.indices.tolist())
     start = case.document.index(case.needle.answer, case.needle_chars[0])
     answer_tokens = prompt.tokens_of_chars(start, start + len(case.needle.answer))

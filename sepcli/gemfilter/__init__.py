@@ -2,7 +2,7 @@
 only, keep the tokens the last prompt token attends to, answer from those with the full model.
 
 Data flow, top to bottom: ``prompt`` (chat template, document then question) -> ``filter``
-(layers < r, scores at layer r, top-k) -> ``generate`` (full model on the selection) ->
+(layers < r, scores at layer r) -> ``selection`` (top-k tokens or sentences) -> ``generate`` (full model on the selection) ->
 ``pipeline`` (timings, memory, events for the CLI). ``calibrate`` finds r per model on the
 synthetic needles of ``needles``.
 """

@@ -11,31 +11,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
 from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import select, select_spans
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
-from sepcli.gemfilter.prompt import MAX_SENTENCE_TOKENS, Prompt, build_prompt
+from sepcli.gemfilter.prompt import Prompt, build_prompt
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
+from sepcli.gemfilter.selection import Selected, choose_positions
 from sepcli.memory import PeakMemory
 
 
 @dataclass
-class Selected:
-    """The filter's choice: prompt positions [k] (sorted) and the scores [n] of every token;
-    ``segments`` filter passes produced them (1 unless the prompt exceeds the context)."""
+class AnswerText:
+    """Newly decoded text of the answer (one or more tokens' worth), in order."""
 
-    prompt: Prompt
-    indices: torch.Tensor
-    scores: torch.Tensor
-    layer: int
-    segments: int = 1
-
-
-@dataclass
-class Piece:
     text: str
 
 
@@ -83,41 +71,20 @@ def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> li
     return plan(prompt, arch.shape_of(model).context_length or None, segment_tokens)
 
 
-def sentence_units(prompt: Prompt, protect: bool, topk: int) -> list[tuple[int, int]]:
-    """Candidates for ``unit=sentence``: the document's sentences that are not blank (blank
-    lines draw attention like sinks but say nothing), cut to at most ``topk`` tokens so the
-    best one always fits, plus, without ``protect``, every template and question token on its
-    own, as the paper lets them compete."""
-    units = prompt.sentences(min(MAX_SENTENCE_TOKENS, topk), blank=False)
-    if not protect:
-        outside = [*range(prompt.doc_start), *range(prompt.doc_end, prompt.n)]
-        units += [(i, i + 1) for i in outside]
-    return units
-
-
-def pick(
-    prompt: Prompt, scores: torch.Tensor, k: int, unit: str, smooth: int, keep: torch.Tensor | None
-) -> torch.Tensor:
-    """Kept prompt positions (sorted) for [n] ``scores``: whole sentences or the k best tokens
-    (``unit``), plus the ``keep`` positions (the protected template and question, or None)."""
-    if unit == "sentence":
-        return select_spans(scores, sentence_units(prompt, keep is not None, k), k, keep=keep)
-    return select(scores, k, smooth=smooth, keep=keep)
-
-
-def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
-    """Filter pass(es) + top-k for a prepared prompt."""
+def filter_prompt(model, prompt: Prompt, cfg: QAConfig) -> Selected:
+    """The whole GemFilter step for a prepared prompt: filter pass(es) at ``cfg.layer``, then
+    the kept positions (:func:`selection.choose_positions`)."""
     bounds = segments_for(model, prompt, cfg.segment_tokens)
     scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
     keep = ~prompt.document_mask() if cfg.protect else None
-    indices = pick(prompt, scores, cfg.topk, cfg.unit, cfg.smooth, keep)
+    indices = choose_positions(prompt, scores, cfg.topk, cfg.unit, cfg.smooth, keep)
     return Selected(prompt, indices, scores, cfg.layer, len(bounds))
 
 
 def run_qa(
     model, tokenizer, document: str, question: str, cfg: QAConfig, prompt: Prompt | None = None
-) -> Iterator[Selected | Piece | Result]:
-    """Yield ``Selected`` (gemfilter only), then ``Piece``s of the answer, then one ``Result``.
+) -> Iterator[Selected | AnswerText | Result]:
+    """Yield ``Selected`` (gemfilter only), then ``AnswerText``s of the answer, then one ``Result``.
 
     ``prompt``: what :func:`prepare` returned for these arguments, so a caller that checked the
     prompt first does not tokenize the document twice.
@@ -136,7 +103,7 @@ def run_qa(
     segments = None
     with PeakMemory(device) as mem:
         if cfg.method == "gemfilter":
-            chosen = select_tokens(model, prompt, cfg)
+            chosen = filter_prompt(model, prompt, cfg)
             ids = prompt.ids[chosen.indices]
             segments = chosen.segments
             yield chosen
@@ -156,7 +123,7 @@ def run_qa(
                 ttft = time.perf_counter() - t0
             if piece:
                 pieces.append(piece)
-                yield Piece(piece)
+                yield AnswerText(piece)
     gem = cfg.method == "gemfilter"
     yield Result(
         answer="".join(pieces),

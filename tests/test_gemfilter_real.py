@@ -47,3 +47,23 @@ def test_needle_in_a_document_over_the_context_is_found_across_segments(real_mod
     assert all(i in kept for i in prompt.tokens_of_chars(start, start + len(case.needle.answer)))
     assert result.selected_tokens < lm.model.config.max_position_embeddings
     assert case.is_correct(result.answer), result.answer
+
+
+@pytest.mark.real
+def test_one_reading_answers_two_questions_like_separate_runs(real_model):
+    """The embedded model (dtype auto): a 2K-token document read once serves two questions;
+    kept tokens and greedy answers equal separate runs'."""
+    from sepcli.gemfilter.prompt import encode_document
+    from sepcli.gemfilter.reading import read_document
+
+    lm = real_model
+    case = make_case(lm.tokenizer, NEEDLES[4], 2048, 0.3)
+    cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=256, max_new_tokens=12)
+    doc = encode_document(lm.tokenizer, case.document)
+    reading = read_document(lm.model, lm.name, lm.tokenizer, doc, cfg)
+    for question in (case.question, "What is the essay about?"):
+        shared = list(run_qa(lm.model, lm.tokenizer, case.document, question, cfg, None, reading))
+        alone = list(run_qa(lm.model, lm.tokenizer, case.document, question, cfg))
+        assert shared[0].reused and not alone[0].reused
+        assert shared[0].indices.tolist() == alone[0].indices.tolist()
+        assert shared[-1].answer == alone[-1].answer

@@ -19,23 +19,40 @@ from sepcli.cli_common import (
     JsonOpt,
     ModelOpt,
     guarded,
+    load,
     warn_ignored,
 )
+from sepcli.commands import ask_prompt
 from sepcli.commands.qa_options import (
     DocArg,
     LayerOpt,
+    OptionalQuestionArg,
     ProtectOpt,
-    QuestionArg,
     SegmentOpt,
     SmoothOpt,
     SplitOpt,
     TopkOpt,
     UnitOpt,
     WindowOpt,
+    check_question,
     qa_config,
+    read_document,
+    resolve_layer,
     setup,
+    show_filter_settings,
+)
+from sepcli.commands.questions import (
+    DocCacheOpt,
+    QuestionsOpt,
+    RebuildOpt,
+    check_cache_path,
+    open_reading,
+    prepare_all,
+    read_questions,
+    reading_fields,
 )
 from sepcli.commands.show import show_selection
+from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SMOOTH,
@@ -43,6 +60,7 @@ from sepcli.gemfilter.config import (
     DEFAULT_UNIT,
 )
 from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
+from sepcli.gemfilter.prompt import encode_document
 from sepcli.gemfilter.selection import Selected
 
 # What only the gemfilter method reads; --method full reads the whole document.
@@ -56,6 +74,8 @@ FILTER_OPTIONS = (
     "segment_tokens",
     "unit",
     "show",
+    "doc_cache",
+    "rebuild",
 )
 
 
@@ -63,7 +83,7 @@ FILTER_OPTIONS = (
 def ask(
     ctx: typer.Context,
     doc: DocArg,
-    question: QuestionArg,
+    question: OptionalQuestionArg = None,
     model: ModelOpt = MODEL_DEFAULT,
     method: Annotated[str, typer.Option("--method", help="gemfilter | full")] = "gemfilter",
     layer: LayerOpt = "auto",
@@ -79,6 +99,9 @@ def ask(
     ] = DEFAULT_MAX_NEW_TOKENS,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature).")] = 0,
+    questions: QuestionsOpt = None,
+    doc_cache: DocCacheOpt = None,
+    rebuild: RebuildOpt = False,
     show: Annotated[
         bool,
         typer.Option(
@@ -92,7 +115,9 @@ def ask(
     json_out: JsonOpt = False,
 ) -> None:
     """Answer QUESTION about DOC. GemFilter reads DOC with the early layers only, keeps the top-k
-    tokens the question points at, and answers from those; --method full reads everything."""
+    tokens the question points at, and answers from those; --method full reads everything.
+    Many questions (--questions, or no QUESTION on a terminal: an interactive prompt) share one
+    reading of DOC."""
     cfg = qa_config(
         layer=layer,
         topk=topk,
@@ -109,21 +134,74 @@ def ask(
     )
     if cfg.method == "full":
         warn_ignored(ctx, FILTER_OPTIONS, "with --method full (it reads the whole document)")
-    lm, prompt, cfg, question = setup(doc, question, model, device, dtype, cfg)
-    for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt):
-        if isinstance(event, Selected) and show:
-            show_selection(event)
+    interactive = check_question_sources(doc, question, questions)
+    if question is not None and doc_cache is None:
+        lm, prompt, cfg, question = setup(doc, question, model, device, dtype, cfg)
+        answer(lm, prompt, question, cfg, None, show, json_out)
+        return
+    asked = read_questions(questions, doc) if questions else []
+    if question is not None:
+        asked = [(0, check_question(question))]
+    check_cache_path(doc_cache, doc)
+    document = read_document(doc)
+    lm = load(model, device, dtype)
+    cfg, origin = resolve_layer(lm, cfg)
+    tokens = encode_document(lm.tokenizer, document)
+    prompts = prepare_all(lm, tokens, asked, cfg, "stdin" if questions == "-" else questions)
+    reading = None
+    if cfg.method == "gemfilter":
+        show_filter_settings(lm, cfg, origin)
+        reading = open_reading(lm, tokens, cfg, doc_cache, rebuild)
+    if interactive:
+        ask_prompt.run(lm, tokens, cfg, reading, show)
+        return
+    for prompt, (_, q) in zip(prompts, asked, strict=True):
+        many = questions is not None
+        answer(lm, prompt, q, cfg, reading, show, json_out or many, many)
+
+
+def on_terminal() -> bool:
+    return sys.stdin.isatty()
+
+
+def check_question_sources(doc: str, question: str | None, questions: str | None) -> bool:
+    """Whether to open the interactive prompt: no QUESTION and no --questions, on a terminal."""
+    if question is not None and questions is not None:
+        raise ConfigError("give either QUESTION or --questions FILE, not both")
+    if question is not None or questions is not None:
+        return False
+    if doc == "-" or not on_terminal():
+        raise ConfigError(
+            "no question: give QUESTION or --questions FILE (or run `sepcli ask DOC` on a "
+            "terminal to ask interactively)"
+        )
+    return True
+
+
+def answer(lm, prompt, question, cfg, reading, show: bool, json_out: bool, named=False) -> None:
+    """Run one question and render it: streamed text, or one JSON object (``named``: with the
+    question and what the shared reading did, as --questions prints)."""
+    reused = False
+    for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt, reading):
+        if isinstance(event, Selected):
+            reused = event.reused
+            if show:
+                show_selection(event)
         elif isinstance(event, AnswerText) and not json_out:
             typer.echo(event.text, nl=False)
             sys.stdout.flush()
         elif isinstance(event, Result):
-            if json_out:
-                out = event.as_dict()
-                out["model"] = lm.name
-                out["config"] = cfg.as_dict()
-                typer.echo(json.dumps(out))
-            else:
+            if not json_out:
                 typer.echo("")
+                continue
+            out = {"question": question} if named else {}
+            out.update(event.as_dict())
+            out["model"] = lm.name
+            out["config"] = cfg.as_dict()
+            if named:
+                out.update(reading_fields(reading, reused))
+            typer.echo(json.dumps(out))
+            sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:

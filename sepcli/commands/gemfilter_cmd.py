@@ -6,34 +6,51 @@ The kept text goes to stdout (or indices and scores with --json); settings and -
 from __future__ import annotations
 
 import json
+import sys
 from typing import Annotated
 
 import typer
 
-from sepcli.cli_common import MODEL_DEFAULT, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, guarded
+from sepcli.cli_common import MODEL_DEFAULT, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, guarded, load
 from sepcli.commands.qa_options import (
     DocArg,
     LayerOpt,
-    QuestionArg,
+    OptionalQuestionArg,
     SegmentOpt,
     SmoothOpt,
     SplitOpt,
     TopkOpt,
     UnitOpt,
     WindowOpt,
+    check_question,
     qa_config,
+    read_document,
+    resolve_layer,
     setup,
+    show_filter_settings,
+)
+from sepcli.commands.questions import (
+    DocCacheOpt,
+    QuestionsOpt,
+    RebuildOpt,
+    check_cache_path,
+    open_reading,
+    prepare_all,
+    read_questions,
+    reading_fields,
 )
 from sepcli.commands.show import show_selection
+from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_TOPK, DEFAULT_UNIT
 from sepcli.gemfilter.pipeline import filter_prompt
+from sepcli.gemfilter.prompt import encode_document
 from sepcli.gemfilter.selection import kept_text
 
 
 @guarded
 def gemfilter(
     doc: DocArg,
-    question: QuestionArg,
+    question: OptionalQuestionArg = None,
     model: ModelOpt = MODEL_DEFAULT,
     layer: LayerOpt = "auto",
     topk: TopkOpt = DEFAULT_TOPK,
@@ -42,6 +59,9 @@ def gemfilter(
     split: SplitOpt = True,
     segment_tokens: SegmentOpt = 0,
     unit: UnitOpt = DEFAULT_UNIT,
+    questions: QuestionsOpt = None,
+    doc_cache: DocCacheOpt = None,
+    rebuild: RebuildOpt = False,
     gap: Annotated[
         str,
         typer.Option(
@@ -62,7 +82,8 @@ def gemfilter(
     json_out: JsonOpt = False,
 ) -> None:
     """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
-    file before giving it to another LLM. --json: indices (into the document's tokens) and scores."""
+    file before giving it to another LLM. --json: indices (into the document's tokens) and scores.
+    --questions: one JSON line per question, the document read once."""
     cfg = qa_config(
         layer=layer,
         topk=topk,
@@ -72,16 +93,41 @@ def gemfilter(
         segment_tokens=segment_tokens,
         unit=unit,
     )
-    lm, prompt, cfg, question = setup(doc, question, model, device, dtype, cfg)
-    chosen = filter_prompt(lm.model, prompt, cfg)
+    if (question is None) == (questions is None):
+        raise ConfigError("give either QUESTION or --questions FILE")
+    if question is not None and doc_cache is None:
+        lm, prompt, cfg, question = setup(doc, question, model, device, dtype, cfg)
+        chosen = filter_prompt(lm.model, prompt, cfg)
+        emit(lm, chosen, cfg, gap, show, json_out)
+        return
+    asked = read_questions(questions, doc) if questions else [(0, check_question(question))]
+    check_cache_path(doc_cache, doc)
+    document = read_document(doc)
+    lm = load(model, device, dtype)
+    cfg, origin = resolve_layer(lm, cfg)
+    tokens = encode_document(lm.tokenizer, document)
+    prompts = prepare_all(lm, tokens, asked, cfg, "stdin" if questions == "-" else questions)
+    show_filter_settings(lm, cfg, origin)
+    reading = open_reading(lm, tokens, cfg, doc_cache, rebuild)
+    for prompt, (_, q) in zip(prompts, asked, strict=True):
+        chosen = filter_prompt(lm.model, prompt, cfg, reading)
+        named = {"question": q} if questions is not None else None
+        emit(lm, chosen, cfg, gap, show, json_out or named is not None, named, reading)
+
+
+def emit(lm, chosen, cfg, gap: str, show: bool, json_out: bool, named=None, reading=None):
+    """Print one question's kept text, or its JSON record (``named``: with the question and
+    what the shared reading did, as --questions prints)."""
     if show:
         show_selection(chosen)
+    prompt = chosen.prompt
     text = kept_text(chosen, lm.tokenizer, gap)
     if not json_out:
         typer.echo(text.strip())
         return
     doc_idx = chosen.document_indices()
     record = {
+        **(named or {}),
         "model": lm.name,
         "layer": cfg.layer,
         "topk": cfg.topk,
@@ -92,7 +138,10 @@ def gemfilter(
         "scores": [round(float(chosen.scores[i]), 6) for i in doc_idx],
         "text": text,
     }
+    if named is not None:
+        record.update(reading_fields(reading, chosen.reused))
     typer.echo(json.dumps(record))
+    sys.stdout.flush()
 
 
 def register(app: typer.Typer) -> None:

@@ -31,6 +31,15 @@ QuestionArg = Annotated[
         help="The question (asked after the document).", metavar="QUESTION", show_default=False
     ),
 ]
+OptionalQuestionArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="The question (asked after the document). Without it (and without --questions), "
+        "on a terminal: an interactive prompt.",
+        metavar="[QUESTION]",
+        show_default=False,
+    ),
+]
 LayerOpt = Annotated[
     str,
     typer.Option(

@@ -24,7 +24,7 @@ from kernels import gemfilter_scores
 from sepcli import arch
 
 
-def _window_query_and_keys(layer, normed: torch.Tensor, shape: arch.Shape, window: int):
+def window_query_and_keys(layer, normed: torch.Tensor, shape: arch.Shape, window: int):
     """Pre-RoPE q of the last ``window`` tokens [B, Hq, W, D] and k of all tokens [B, Hkv, T, D]."""
     attn = layer.self_attn
     if hasattr(attn, "qkv_proj"):  # fused projection: no cheap way to skip q/v of other tokens
@@ -82,7 +82,7 @@ def layer_scores(
         layer = blocks[i]
         normed = layer.input_layernorm(h)
         if i == top:
-            q_win, k = _window_query_and_keys(layer, normed, shape, w)
+            q_win, k = window_query_and_keys(layer, normed, shape, w)
             del normed, h
             q_win = arch.apply_rope(q_win, cos[:, -w:], sin[:, -w:])  # (B, Hq, W, D)
             k = arch.apply_rope(k, cos, sin)  # (B, Hkv, T, D)

@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.generate import generate_ids, stop_ids, stream_text
-from sepcli.gemfilter.prompt import Prompt, build_prompt
+from sepcli.gemfilter.prefix import query_rows
+from sepcli.gemfilter.prompt import DocumentTokens, Prompt, build_prompt
+from sepcli.gemfilter.reading import DocumentReading
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
 from sepcli.gemfilter.selection import Selected, choose_positions
 from sepcli.memory import PeakMemory
@@ -46,7 +48,9 @@ class Result:
         return dict(self.__dict__)
 
 
-def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Prompt:
+def prepare(
+    model, tokenizer, document: str, question: str, cfg: QAConfig, doc: DocumentTokens | None = None
+) -> Prompt:
     """Validate the layer against the model and build the prompt (raises before any compute).
 
     A prompt longer than the context is refused, except by gemfilter with ``split``: then the
@@ -58,11 +62,11 @@ def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Pr
             raise ValueError("QAConfig.layer must be resolved before running gemfilter")
         cfg.check_layer(shape.layers)
         if cfg.split:
-            prompt = build_prompt(tokenizer, document, question, None)
+            prompt = build_prompt(tokenizer, document, question, None, doc)
             plan(prompt, context, cfg.segment_tokens)
             check_answer_fits(prompt, context, cfg.topk, cfg.protect)
             return prompt
-    return build_prompt(tokenizer, document, question, context)
+    return build_prompt(tokenizer, document, question, context, doc)
 
 
 def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> list[tuple[int, int]]:
@@ -71,23 +75,41 @@ def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> li
     return plan(prompt, arch.shape_of(model).context_length or None, segment_tokens)
 
 
-def filter_prompt(model, prompt: Prompt, cfg: QAConfig) -> Selected:
+def filter_prompt(
+    model, prompt: Prompt, cfg: QAConfig, reading: DocumentReading | None = None
+) -> Selected:
     """The whole GemFilter step for a prepared prompt: filter pass(es) at ``cfg.layer``, then
-    the kept positions (:func:`selection.choose_positions`)."""
+    the kept positions (:func:`selection.choose_positions`). ``reading``: the document's
+    prefixes read beforehand, used when they are the ones this prompt's passes would read."""
     bounds = segments_for(model, prompt, cfg.segment_tokens)
-    scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
+    reused = reading is not None and reading.serves(prompt, bounds)
+    scores = split_scores(
+        model,
+        prompt,
+        cfg.layer,
+        prompt.window(cfg.window),
+        bounds,
+        query_rows(cfg.window),
+        reading.prefixes if reused else None,
+    )
     keep = ~prompt.document_mask() if cfg.protect else None
     indices = choose_positions(prompt, scores, cfg.topk, cfg.unit, cfg.smooth, keep)
-    return Selected(prompt, indices, scores, cfg.layer, len(bounds))
+    return Selected(prompt, indices, scores, cfg.layer, len(bounds), reused)
 
 
 def run_qa(
-    model, tokenizer, document: str, question: str, cfg: QAConfig, prompt: Prompt | None = None
+    model,
+    tokenizer,
+    document: str,
+    question: str,
+    cfg: QAConfig,
+    prompt: Prompt | None = None,
+    reading: DocumentReading | None = None,
 ) -> Iterator[Selected | AnswerText | Result]:
     """Yield ``Selected`` (gemfilter only), then ``AnswerText``s of the answer, then one ``Result``.
 
     ``prompt``: what :func:`prepare` returned for these arguments, so a caller that checked the
-    prompt first does not tokenize the document twice.
+    prompt first does not tokenize the document twice. ``reading``: see :func:`filter_prompt`.
     ``ttft_s`` runs from the call to the first answer token, with prompt building included
     (also when the prompt was built before the call).
     """
@@ -103,7 +125,7 @@ def run_qa(
     segments = None
     with PeakMemory(device) as mem:
         if cfg.method == "gemfilter":
-            chosen = filter_prompt(model, prompt, cfg)
+            chosen = filter_prompt(model, prompt, cfg, reading)
             ids = prompt.ids[chosen.indices]
             segments = chosen.segments
             yield chosen

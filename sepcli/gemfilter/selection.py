@@ -26,13 +26,15 @@ from sepcli.gemfilter.prompt import MAX_SENTENCE_TOKENS, Prompt
 @dataclass
 class Selected:
     """The filter's choice: prompt positions [k] (sorted) and the scores [n] of every token;
-    ``segments`` filter passes produced them (1 unless the prompt exceeds the context)."""
+    ``segments`` filter passes produced them (1 unless the prompt exceeds the context);
+    ``reused``: they read a document reading made beforehand (many questions, one document)."""
 
     prompt: Prompt
     indices: torch.Tensor
     scores: torch.Tensor
     layer: int
     segments: int = 1
+    reused: bool = False
 
     def document_indices(self) -> list[int]:
         """Kept positions that are document tokens (prompt positions, sorted)."""

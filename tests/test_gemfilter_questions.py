@@ -18,7 +18,7 @@ from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.filter import filter_scores
 from sepcli.gemfilter.pipeline import filter_prompt, prepare
 from sepcli.gemfilter.prompt import encode_document
-from sepcli.gemfilter.reading import identity, layout, read_document
+from sepcli.gemfilter.reading import identity, layout, make_reading
 from tests.conftest import build_tiny_llama
 
 SEED = 11
@@ -58,7 +58,7 @@ def test_a_reading_gives_the_scores_of_a_one_pass_filter(model, tokenizer):
     doc = encode_document(tokenizer, DOC[:450])
     for window in (None, 1, 24):
         cfg = QAConfig(layer=2, topk=12, window=window, unit="token")
-        reading = read_document(model, "tiny", tokenizer, doc, cfg)
+        reading = make_reading(model, "tiny", tokenizer, doc, cfg)
         for q in QUESTIONS:
             prompt = prepare(model, tokenizer, doc.text, q, cfg, doc)
             assert prompt.n <= 256
@@ -77,7 +77,7 @@ def test_segments_are_read_once_and_reused_by_every_short_question(
 ):
     doc = encode_document(tokenizer, DOC)
     cfg = QAConfig(layer=1, topk=16, segment_tokens=segment_tokens)
-    reading = read_document(model, "tiny", tokenizer, doc, cfg)
+    reading = make_reading(model, "tiny", tokenizer, doc, cfg)
     assert len(reading.bounds) >= 3
     for q in [*QUESTIONS[:2], "why " * 60]:  # the last one is longer than the question reserve
         prompt = prepare(model, tokenizer, doc.text, q, cfg, doc)
@@ -93,7 +93,7 @@ def test_segments_are_read_once_and_reused_by_every_short_question(
 def test_a_cache_on_disk_round_trips_and_refuses_another_run(model, tokenizer, tmp_path):
     doc = encode_document(tokenizer, DOC)
     cfg = QAConfig(layer=1, topk=16)
-    reading = read_document(model, "tiny", tokenizer, doc, cfg)
+    reading = make_reading(model, "tiny", tokenizer, doc, cfg)
     path = tmp_path / "doc.cache"
     doc_cache.save(path, reading)
     head, bounds = layout(model, tokenizer, doc, cfg)

@@ -54,13 +54,13 @@ def test_one_reading_answers_two_questions_like_separate_runs(real_model):
     """The embedded model (dtype auto): a 2K-token document read once serves two questions;
     kept tokens and greedy answers equal separate runs'."""
     from sepcli.gemfilter.prompt import encode_document
-    from sepcli.gemfilter.reading import read_document
+    from sepcli.gemfilter.reading import make_reading
 
     lm = real_model
     case = make_case(lm.tokenizer, NEEDLES[4], 2048, 0.3)
     cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=256, max_new_tokens=12)
     doc = encode_document(lm.tokenizer, case.document)
-    reading = read_document(lm.model, lm.name, lm.tokenizer, doc, cfg)
+    reading = make_reading(lm.model, lm.name, lm.tokenizer, doc, cfg)
     for question in (case.question, "What is the essay about?"):
         shared = list(run_qa(lm.model, lm.tokenizer, case.document, question, cfg, None, reading))
         alone = list(run_qa(lm.model, lm.tokenizer, case.document, question, cfg))

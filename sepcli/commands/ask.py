@@ -19,7 +19,6 @@ from sepcli.cli_common import (
     JsonOpt,
     ModelOpt,
     guarded,
-    load,
     warn_ignored,
 )
 from sepcli.commands import ask_prompt
@@ -34,21 +33,14 @@ from sepcli.commands.qa_options import (
     TopkOpt,
     UnitOpt,
     WindowOpt,
-    check_question,
     qa_config,
-    read_document,
-    resolve_layer,
     setup,
-    show_filter_settings,
 )
 from sepcli.commands.questions import (
     DocCacheOpt,
     QuestionsOpt,
     RebuildOpt,
-    check_cache_path,
-    open_reading,
-    prepare_all,
-    read_questions,
+    open_session,
     reading_fields,
 )
 from sepcli.commands.show import show_selection
@@ -60,7 +52,6 @@ from sepcli.gemfilter.config import (
     DEFAULT_UNIT,
 )
 from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
-from sepcli.gemfilter.prompt import encode_document
 from sepcli.gemfilter.selection import Selected
 
 # What only the gemfilter method reads; --method full reads the whole document.
@@ -139,25 +130,13 @@ def ask(
         lm, prompt, cfg, question = setup(doc, question, model, device, dtype, cfg)
         answer(lm, prompt, question, cfg, None, show, json_out)
         return
-    asked = read_questions(questions, doc) if questions else []
-    if question is not None:
-        asked = [(0, check_question(question))]
-    check_cache_path(doc_cache, doc)
-    document = read_document(doc)
-    lm = load(model, device, dtype)
-    cfg, origin = resolve_layer(lm, cfg)
-    tokens = encode_document(lm.tokenizer, document)
-    prompts = prepare_all(lm, tokens, asked, cfg, "stdin" if questions == "-" else questions)
-    reading = None
-    if cfg.method == "gemfilter":
-        show_filter_settings(lm, cfg, origin)
-        reading = open_reading(lm, tokens, cfg, doc_cache, rebuild)
+    run = open_session(doc, question, questions, doc_cache, rebuild, (model, device, dtype), cfg)
     if interactive:
-        ask_prompt.run(lm, tokens, cfg, reading, show)
+        ask_prompt.run(run.lm, run.doc, run.cfg, run.reading, show)
         return
-    for prompt, (_, q) in zip(prompts, asked, strict=True):
-        many = questions is not None
-        answer(lm, prompt, q, cfg, reading, show, json_out or many, many)
+    many = questions is not None
+    for prompt, (_, q) in zip(run.prompts, run.asked, strict=True):
+        answer(run.lm, prompt, q, run.cfg, run.reading, show, json_out or many, many)
 
 
 def on_terminal() -> bool:

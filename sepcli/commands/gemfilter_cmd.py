@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from sepcli.cli_common import MODEL_DEFAULT, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, guarded, load
+from sepcli.cli_common import MODEL_DEFAULT, DeviceOpt, DtypeOpt, JsonOpt, ModelOpt, guarded
 from sepcli.commands.qa_options import (
     DocArg,
     LayerOpt,
@@ -22,28 +22,20 @@ from sepcli.commands.qa_options import (
     TopkOpt,
     UnitOpt,
     WindowOpt,
-    check_question,
     qa_config,
-    read_document,
-    resolve_layer,
     setup,
-    show_filter_settings,
 )
 from sepcli.commands.questions import (
     DocCacheOpt,
     QuestionsOpt,
     RebuildOpt,
-    check_cache_path,
-    open_reading,
-    prepare_all,
-    read_questions,
+    open_session,
     reading_fields,
 )
 from sepcli.commands.show import show_selection
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_TOPK, DEFAULT_UNIT
 from sepcli.gemfilter.pipeline import filter_prompt
-from sepcli.gemfilter.prompt import encode_document
 from sepcli.gemfilter.selection import kept_text
 
 
@@ -100,19 +92,12 @@ def gemfilter(
         chosen = filter_prompt(lm.model, prompt, cfg)
         emit(lm, chosen, cfg, gap, show, json_out)
         return
-    asked = read_questions(questions, doc) if questions else [(0, check_question(question))]
-    check_cache_path(doc_cache, doc)
-    document = read_document(doc)
-    lm = load(model, device, dtype)
-    cfg, origin = resolve_layer(lm, cfg)
-    tokens = encode_document(lm.tokenizer, document)
-    prompts = prepare_all(lm, tokens, asked, cfg, "stdin" if questions == "-" else questions)
-    show_filter_settings(lm, cfg, origin)
-    reading = open_reading(lm, tokens, cfg, doc_cache, rebuild)
-    for prompt, (_, q) in zip(prompts, asked, strict=True):
-        chosen = filter_prompt(lm.model, prompt, cfg, reading)
-        named = {"question": q} if questions is not None else None
-        emit(lm, chosen, cfg, gap, show, json_out or named is not None, named, reading)
+    run = open_session(doc, question, questions, doc_cache, rebuild, (model, device, dtype), cfg)
+    named = questions is not None
+    for prompt, (_, q) in zip(run.prompts, run.asked, strict=True):
+        chosen = filter_prompt(run.lm.model, prompt, run.cfg, run.reading)
+        extra = {"question": q} if named else None
+        emit(run.lm, chosen, run.cfg, gap, show, json_out or named, extra, run.reading)
 
 
 def emit(lm, chosen, cfg, gap: str, show: bool, json_out: bool, named=None, reading=None):

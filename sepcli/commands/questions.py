@@ -9,19 +9,26 @@ question from that reading; each answer equals the one a separate run would give
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from sepcli.cli_common import err_console, warn
-from sepcli.commands.qa_options import check_question
+from sepcli.cli_common import err_console, load, warn
+from sepcli.commands.qa_options import (
+    check_question,
+    read_document,
+    resolve_layer,
+    show_filter_settings,
+)
 from sepcli.errors import ConfigError, InputError, SepcliError
 from sepcli.gemfilter import doc_cache
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.pipeline import prepare
-from sepcli.gemfilter.prompt import DocumentTokens, Prompt
-from sepcli.gemfilter.reading import DocumentReading, identity, layout, read_document
+from sepcli.gemfilter.prompt import DocumentTokens, Prompt, encode_document
+from sepcli.gemfilter.reading import DocumentReading, identity, layout, make_reading
+from sepcli.models import LoadedModel
 from sepcli.stream.reader import read_text
 
 QuestionsOpt = Annotated[
@@ -77,6 +84,48 @@ def read_questions(path: str, doc: str) -> list[tuple[int, str]]:
     return out
 
 
+@dataclass
+class Session:
+    """One document and its questions, ready to run: the loaded model, the resolved config,
+    the document's tokens, (line, question) pairs and their prompts (all known to fit), and
+    the shared reading (gemfilter only)."""
+
+    lm: LoadedModel
+    cfg: QAConfig
+    doc: DocumentTokens
+    asked: list[tuple[int, str]]
+    prompts: list[Prompt]
+    reading: DocumentReading | None
+
+
+def open_session(
+    doc: str,
+    question: str | None,
+    questions: str | None,
+    cache: str | None,
+    rebuild: bool,
+    load_args: tuple[str, str, str],
+    cfg: QAConfig,
+) -> Session:
+    """Check the cheap inputs (questions, --doc-cache path, the document), then load the model
+    (``load_args``: model, device, dtype), check every question fits, and read the document or
+    load its reading."""
+    asked = read_questions(questions, doc) if questions else []
+    if question is not None:
+        asked = [(0, check_question(question))]
+    check_cache_path(cache, doc)
+    document = read_document(doc)
+    lm = load(*load_args)
+    cfg, origin = resolve_layer(lm, cfg)
+    tokens = encode_document(lm.tokenizer, document)
+    prompts = prepare_all(lm, tokens, asked, cfg, "stdin" if questions == "-" else questions)
+    reading = None
+    if cfg.method == "gemfilter":
+        show_filter_settings(lm, cfg, origin)
+        reading = open_reading(lm, tokens, cfg, cache, rebuild)
+    return Session(lm, cfg, tokens, asked, prompts, reading)
+
+
 def prepare_all(lm, doc: DocumentTokens, questions, cfg: QAConfig, where: str) -> list[Prompt]:
     """Every question's prompt, built before any model work: a question that does not fit
     fails here, naming its line."""
@@ -119,7 +168,7 @@ def open_reading(
         def progress(done: int, total: int) -> None:
             status.update(f"reading the document: segment {done}/{total}")
 
-        reading = read_document(lm.model, lm.name, lm.tokenizer, doc, cfg, progress)
+        reading = make_reading(lm.model, lm.name, lm.tokenizer, doc, cfg, progress)
     err_console.print(
         f"[dim]read the document ({len(doc.ids)} tokens, {len(reading.bounds)} segment(s)) "
         f"through layers 0..{cfg.layer} in {reading.seconds:.1f} s[/]"

@@ -82,7 +82,7 @@ def identity(model, model_name: str, doc: DocumentTokens, head: list[int], bound
     }
 
 
-def read_document(
+def make_reading(
     model,
     model_name: str,
     tokenizer,

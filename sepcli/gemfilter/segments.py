@@ -7,6 +7,8 @@ in the single pass; segments of equal length spread the same attention mass over
 of tokens, so their scores compare. Memory is that of one segment's filter pass; time grows
 linearly with the document. The answer pass sees only the selected tokens, so the template,
 the question and the k tokens must fit in the context together (checked before any compute).
+Segments leave room for a question of up to :data:`QUESTION_RESERVE` tokens, so that their
+layout, and with it a document's reading (:mod:`reading`), is the same for every question.
 """
 
 from __future__ import annotations

@@ -29,11 +29,12 @@ import torch
 
 from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import layer_scores, select, select_spans
+from sepcli.gemfilter.filter import layer_scores
 from sepcli.gemfilter.generate import answer_pieces
 from sepcli.gemfilter.needles import NEEDLES, make_grid
-from sepcli.gemfilter.pipeline import answer_text, pick, prepare, segments_for, sentence_units
+from sepcli.gemfilter.pipeline import answer_text, prepare, segments_for
 from sepcli.gemfilter.segments import split_scores
+from sepcli.gemfilter.selection import choose_positions, sentence_units, top_spans, top_tokens
 from sepcli.memory import PeakMemory
 from sepcli.models import load_model
 
@@ -74,7 +75,7 @@ def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int,
     sentences and the question, so every candidate is scored in one softmax, and keeps k
     tokens of whole sentences by those scores. Returns (kept positions, round-2 seconds)."""
     t0 = time.perf_counter()
-    first = pick(prompt, scores, factor * k, "sentence", 1, keep)
+    first = choose_positions(prompt, scores, factor * k, "sentence", 1, keep)
     device = next(lm.model.parameters()).device
     ((_, again),) = list(
         layer_scores(lm.model, prompt.ids[first][None].to(device), [layer], window)
@@ -85,7 +86,7 @@ def _two_round(lm, prompt, scores, layer: int, window: int, k: int, factor: int,
     units = [
         (a, b) for a, b in sentence_units(prompt, True, k) if all(i in inside for i in range(a, b))
     ]
-    return select_spans(rescored, units, k, keep=keep), time.perf_counter() - t0
+    return top_spans(rescored, units, k, keep=keep), time.perf_counter() - t0
 
 
 def cmd_calibrate(args, lm) -> None:
@@ -187,13 +188,13 @@ def cmd_grid(args, lm) -> None:
             for k in ks:
                 ablation = {}
                 for smooth, protect in variants:
-                    idx = select(scores, k, smooth=smooth, keep=~doc_mask if protect else None)
+                    idx = top_tokens(scores, k, smooth=smooth, keep=~doc_mask if protect else None)
                     ablation[f"smooth{smooth}-protect{int(protect)}"] = case.recall(
                         prompt, idx.tolist()
                     )
                 for unit in units:
                     keep = ~doc_mask if cfg.protect else None
-                    idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    idx = choose_positions(prompt, scores, k, unit, cfg.smooth, keep)
                     name = f"gemfilter{k}" if len(layers) == 1 else f"gemfilter{k}-L{layer}"
                     name += "" if len(units) == 1 else f"-{unit}"
                     row[name] = judge(lm, case, prompt, idx, args.max_new_tokens)
@@ -357,7 +358,7 @@ def cmd_long(args, lm) -> None:
             row[f"filter_peak_mem_bytes{tag}"] = mem.peak_bytes
             for k in ks:
                 for unit in units:
-                    idx = pick(prompt, scores, k, unit, cfg.smooth, keep)
+                    idx = choose_positions(prompt, scores, k, unit, cfg.smooth, keep)
                     name = f"gemfilter{k}{tag}" + ("" if len(units) == 1 else f"-{unit}")
                     row[name] = judge(lm, case, prompt, idx, args.max_new_tokens)
                 for factor in factors if len(bounds) > 1 else []:

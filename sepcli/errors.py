@@ -29,3 +29,7 @@ class ContextLimitError(SepcliError):
 
 class CheckpointError(SepcliError):
     """A checkpoint is corrupt, or was written for another model or configuration."""
+
+
+class DocCacheError(SepcliError):
+    """A --doc-cache file is damaged, unwritable, or was written for another document or model."""

@@ -12,17 +12,12 @@ from sepcli.errors import ConfigError, ContextLimitError, InputError
 from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter import pipeline
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import (
-    filter_scores,
-    layer_scores,
-    select,
-    select_spans,
-    smooth_scores,
-)
+from sepcli.gemfilter.filter import filter_scores, layer_scores
 from sepcli.gemfilter.needles import NEEDLES, make_case
 from sepcli.gemfilter.pipeline import Result, answer_text, prepare, run_qa
 from sepcli.gemfilter.prompt import build_prompt
 from sepcli.gemfilter.segments import plan, segment_bounds, split_scores
+from sepcli.gemfilter.selection import smooth_scores, top_spans, top_tokens
 
 
 @pytest.mark.parametrize("heads,kv_heads", [(6, 2), (4, 4)])
@@ -37,7 +32,7 @@ def test_filter_scores_equal_eager_last_row_summed_over_heads(tiny_llama, heads,
         ours = filter_scores(model, ids, r)
         torch.testing.assert_close(ours, naive, rtol=1e-4, atol=1e-6)
         k = 17
-        assert set(select(ours, k).tolist()) == set(naive.topk(k).indices.tolist())
+        assert set(top_tokens(ours, k).tolist()) == set(naive.topk(k).indices.tolist())
 
 
 def test_window_scores_equal_eager_rows_summed(tiny_llama):
@@ -97,12 +92,18 @@ def test_layers_above_the_filter_layer_are_never_called(tiny_llama):
     assert not any(name == "layer" for _, name in calls)  # HF's layer.forward is never used
 
 
-def test_select_keeps_topk_in_document_order_and_protects():
+def test_top_tokens_keeps_topk_in_document_order_and_protects():
     scores = torch.tensor([0.1, 5.0, 0.2, 3.0, 0.0, 4.0, 0.3])
-    assert select(scores, 3).tolist() == [1, 3, 5]
-    assert select(scores, 100).tolist() == list(range(7))
+    assert top_tokens(scores, 3).tolist() == [1, 3, 5]
+    assert top_tokens(scores, 100).tolist() == list(range(7))
     keep = torch.tensor([False] * 5 + [True, True])
-    assert select(scores, 3, keep=keep).tolist() == [1, 2, 3, 5, 6]  # k counts unprotected tokens
+    assert top_tokens(scores, 3, keep=keep).tolist() == [
+        1,
+        2,
+        3,
+        5,
+        6,
+    ]  # k counts unprotected tokens
     smoothed = smooth_scores(torch.tensor([0.0, 3.0, 0.0]), 3)
     torch.testing.assert_close(smoothed, torch.tensor([1.5, 1.0, 1.5]))
 
@@ -384,7 +385,7 @@ def test_sentences_cover_the_document_and_end_at_sentence_marks(tokenizer):
     ]
 
 
-def _naive_select_spans(scores, spans, k, keep):
+def _naive_top_spans(scores, spans, k, keep):
     """Plain-list greedy: best span (by its top score) first, whole spans that still fit."""
     s = scores.tolist()
     units = [list(range(a, b)) for a, b in spans]
@@ -397,7 +398,7 @@ def _naive_select_spans(scores, spans, k, keep):
     return sorted(out)
 
 
-def test_select_spans_keeps_whole_sentences_like_a_naive_greedy():
+def test_top_spans_keeps_whole_sentences_like_a_naive_greedy():
     g = torch.Generator().manual_seed(3)
     for trial in range(30):
         t = 60
@@ -410,15 +411,15 @@ def test_select_spans_keeps_whole_sentences_like_a_naive_greedy():
         if trial % 2:
             spans += [(i, i + 1) for i in [*range(5), *range(55, t)]]
         k = int(torch.randint(1, 50, (1,), generator=g))
-        got = select_spans(scores, spans, k, keep=keep)
-        assert got.tolist() == _naive_select_spans(scores, spans, k, keep.tolist())
+        got = top_spans(scores, spans, k, keep=keep)
+        assert got.tolist() == _naive_top_spans(scores, spans, k, keep.tolist())
         doc = [i for i in got.tolist() if 5 <= i < 55]
         assert len(doc) <= k
         for a, b in spans:  # all or nothing
             assert sum(a <= i < b for i in doc) in (0, b - a)
     scores = torch.zeros(20)
     scores[12] = 5.0  # one hot token pulls in its whole sentence
-    got = select_spans(scores, [(0, 8), (8, 15), (15, 20)], 7)
+    got = top_spans(scores, [(0, 8), (8, 15), (15, 20)], 7)
     assert got.tolist() == list(range(8, 15))
 
 
@@ -428,9 +429,9 @@ def test_sentence_unit_answers_from_whole_sentences(tiny_llama, tokenizer):
     q = "When does the kite fly?"
     cfg = QAConfig(layer=1, topk=40, unit="sentence", max_new_tokens=2)
     prompt = build_prompt(tokenizer, doc, q, 256)
-    from sepcli.gemfilter.pipeline import select_tokens
+    from sepcli.gemfilter.pipeline import filter_prompt
 
-    chosen = select_tokens(model, prompt, cfg)
+    chosen = filter_prompt(model, prompt, cfg)
     kept = set(chosen.indices.tolist())
     doc_kept = [i for i in kept if prompt.doc_start <= i < prompt.doc_end]
     assert 0 < len(doc_kept) <= 40
@@ -440,6 +441,6 @@ def test_sentence_unit_answers_from_whole_sentences(tiny_llama, tokenizer):
     with pytest.raises(ConfigError, match="--unit must be one of"):
         QAConfig(unit="word")
     # k below every sentence's length still keeps the best piece, cut to k tokens
-    small = select_tokens(model, prompt, QAConfig(layer=1, topk=3, unit="sentence"))
+    small = filter_prompt(model, prompt, QAConfig(layer=1, topk=3, unit="sentence"))
     doc_small = [i for i in small.indices.tolist() if prompt.doc_start <= i < prompt.doc_end]
     assert 1 <= len(doc_small) <= 3

@@ -11,7 +11,8 @@ import torch
 from typer.testing import CliRunner
 
 from sepcli.cli import app
-from sepcli.commands.qa import clean_question, shown_ranges
+from sepcli.commands.qa_options import clean_question
+from sepcli.commands.show import shown_ranges
 
 from helpers import build_tiny_llama
 
@@ -164,7 +165,7 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
 @pytest.mark.parametrize(
     "args,needle",
     [
-        (["ask", "/nonexistent/doc.txt", "q"], "no such document"),
+        (["ask", "/nonexistent/doc.txt", "q"], "no such file"),
         (["ask", "{doc}", "   "], "question is empty"),
         (["ask", "{doc}", "q", "--topk", "0"], "--topk must be > 0"),
         (["ask", "{doc}", "q", "--layer", "3"], "numbered 0..2"),
@@ -192,7 +193,7 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
         ),
         (["calibrate", "--lengths", "100,64", "-k", "80"], "shortest haystack (64 tokens"),
         (["calibrate", "--needles", "1"], "--topk 256 must be smaller"),  # default lengths: 128
-        (["ask", "{dir}", "q"], "not a file"),
+        (["ask", "{dir}", "q"], "is a directory"),
     ],
 )
 def test_bad_input_is_one_line_error(tiny_dir, doc_file, tmp_path, args, needle):

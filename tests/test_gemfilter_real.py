@@ -7,7 +7,8 @@ import pytest
 
 from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.needles import NEEDLES, make_case
-from sepcli.gemfilter.pipeline import Result, Selected, answer_text, prepare, run_qa, select_tokens
+from sepcli.gemfilter.pipeline import Result, answer_text, filter_prompt, prepare, run_qa
+from sepcli.gemfilter.selection import Selected
 
 # The layer `python bench/niah.py calibrate --lengths 1024,2048 --needles 3` chose (0-based).
 SMOLLM2_LAYER = 17
@@ -20,7 +21,7 @@ def test_needle_in_2k_tokens_is_selected_and_answered(real_model):
     cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=256, max_new_tokens=24)
     prompt = prepare(lm.model, lm.tokenizer, case.document, case.question, cfg)
     assert prompt.doc_end - prompt.doc_start > 1900
-    chosen = select_tokens(lm.model, prompt, cfg)
+    chosen = filter_prompt(lm.model, prompt, cfg)
     kept = set(chosen.indices.tolist())
     start = case.document.index(case.needle.answer, case.needle_chars[0])
     answer_tokens = prompt.tokens_of_chars(start, start + len(case.needle.answer))
@@ -46,3 +47,23 @@ def test_needle_in_a_document_over_the_context_is_found_across_segments(real_mod
     assert all(i in kept for i in prompt.tokens_of_chars(start, start + len(case.needle.answer)))
     assert result.selected_tokens < lm.model.config.max_position_embeddings
     assert case.is_correct(result.answer), result.answer
+
+
+@pytest.mark.real
+def test_one_reading_answers_two_questions_like_separate_runs(real_model):
+    """The embedded model (dtype auto): a 2K-token document read once serves two questions;
+    kept tokens and greedy answers equal separate runs'."""
+    from sepcli.gemfilter.prompt import encode_document
+    from sepcli.gemfilter.reading import make_reading
+
+    lm = real_model
+    case = make_case(lm.tokenizer, NEEDLES[4], 2048, 0.3)
+    cfg = QAConfig(method="gemfilter", layer=SMOLLM2_LAYER, topk=256, max_new_tokens=12)
+    doc = encode_document(lm.tokenizer, case.document)
+    reading = make_reading(lm.model, lm.name, lm.tokenizer, doc, cfg)
+    for question in (case.question, "What is the essay about?"):
+        shared = list(run_qa(lm.model, lm.tokenizer, case.document, question, cfg, None, reading))
+        alone = list(run_qa(lm.model, lm.tokenizer, case.document, question, cfg))
+        assert shared[0].reused and not alone[0].reused
+        assert shared[0].indices.tolist() == alone[0].indices.tolist()
+        assert shared[-1].answer == alone[-1].answer

@@ -18,6 +18,7 @@ from sepcli.cli_common import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
+    ThreadsOpt,
     err_console,
     guarded,
     load,
@@ -131,6 +132,7 @@ def chat(
     ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Chat with the model; every turn flows into one fixed-size KV cache, never re-encoded."""
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
@@ -144,7 +146,7 @@ def chat(
     elif not interactive:
         turns = read_turns(sys.stdin.buffer, "stdin", stats)
 
-    lm = load(model, device, dtype)
+    lm = load(model, device, dtype, threads)
     session = ChatSession(lm.model, lm.tokenizer, config, gen, system)
     meta = {
         "kind": "chat",

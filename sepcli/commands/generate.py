@@ -20,6 +20,7 @@ from sepcli.cli_common import (
     DtypeOpt,
     JsonOpt,
     ModelOpt,
+    ThreadsOpt,
     err_console,
     guarded,
     load,
@@ -132,6 +133,7 @@ def generate(
     json_out: JsonOpt = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
+    threads: ThreadsOpt = None,
 ) -> None:
     """Generate text after a prompt of any length, on a fixed-size KV cache (endless with -n 0)."""
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
@@ -143,7 +145,7 @@ def generate(
             raise InputError("no prompt: give PROMPT_FILE, '-' with text piped in, or --prompt")
         file = "-"
     with open_input(file or "-") as source:
-        lm = load(model, device, dtype)
+        lm = load(model, device, dtype, threads)
         engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
         decoder = Decoder(engine, lm.tokenizer, gen.sampling, stop_ids(lm.model, lm.tokenizer))
         resolved = {**config.to_dict(), "capacity": engine.capacity, **gen.to_dict()}

@@ -28,10 +28,10 @@ from sepcli import arch
 from sepcli.errors import ConfigError
 from sepcli.files import write_atomic
 from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW, check_unit
-from sepcli.gemfilter.filter import layer_scores, select_spans, smooth_scores
+from sepcli.gemfilter.filter import layer_scores
 from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
-from sepcli.gemfilter.pipeline import sentence_units
 from sepcli.gemfilter.prompt import build_prompt
+from sepcli.gemfilter.selection import sentence_units, smooth_scores, top_spans
 from sepcli.models import cache_dir
 
 FALLBACK_RATIO = 0.4
@@ -52,6 +52,38 @@ def default_lengths(context_length: int) -> list[int]:
     """1/8, 1/4 and 1/2 of the context (at least 256 tokens, leaving room for the template)."""
     ctx = context_length or 4096
     return sorted({max(128, min(ctx - 128, ctx // d)) for d in (8, 4, 2)})
+
+
+def check_settings(
+    topk: int, unit: str, needles: int = DEFAULT_NEEDLE_COUNT, lengths: list[int] | None = None
+) -> None:
+    """ConfigError for settings that are wrong for any model (checked before loading one).
+    ``lengths``: haystack lengths in tokens, None for :func:`default_lengths`."""
+    if topk <= 0:
+        raise ConfigError(f"--topk must be > 0, got {topk}")
+    check_unit(unit)
+    if needles < 1 or needles > len(NEEDLES):
+        raise ConfigError(f"--needles must be in 1..{len(NEEDLES)}, got {needles}")
+    if lengths is not None and not lengths:
+        raise ConfigError("--lengths is empty: give comma-separated token counts, e.g. 512,1024")
+
+
+def haystack_lengths(context_length: int, lengths: list[int] | None, topk: int) -> list[int]:
+    """The haystack lengths to measure (``lengths`` or :func:`default_lengths`), checked against
+    the model's context and against ``topk``: a top-k that keeps every token of the shortest
+    haystack would find the needle at every layer, and the choice would mean nothing."""
+    if lengths and (min(lengths) < 16 or max(lengths) > context_length - 64):
+        shown = ",".join(map(str, lengths))
+        raise ConfigError(
+            f"--lengths must lie in 16..{context_length - 64} for this model, got {shown}"
+        )
+    lengths = lengths or default_lengths(context_length)
+    if topk >= min(lengths):
+        raise ConfigError(
+            f"--topk {topk} must be smaller than the shortest haystack ({min(lengths)} tokens, "
+            "see --lengths)"
+        )
+    return lengths
 
 
 @dataclass
@@ -102,7 +134,7 @@ def needle_recall(
         doc = smooth_scores(scores.float(), smooth)[prompt.doc_start : prompt.doc_end]
         top = set((doc.topk(min(topk, doc.numel())).indices + prompt.doc_start).tolist())
     else:
-        top = set(select_spans(scores, sentences, topk).tolist())
+        top = set(top_spans(scores, sentences, topk).tolist())
     return case.recall(prompt, top)
 
 
@@ -117,9 +149,7 @@ def measure(
 ) -> Iterator[Progress | Curve]:
     """Yield Progress after each case, then the Curve (``window`` as in QAConfig; ``unit``
     decides what counts as found, see the module docstring)."""
-    if topk <= 0:
-        raise ConfigError(f"--topk must be > 0, got {topk}")
-    check_unit(unit)
+    check_settings(topk, unit)
     shape = arch.shape_of(model)
     device = next(model.parameters()).device
     curve = Curve(layers=shape.layers, topk=topk, window=window, unit=unit)
@@ -147,8 +177,7 @@ def calibration_cases(
     depths=DEFAULT_DEPTHS,
     needles=DEFAULT_NEEDLE_COUNT,
 ):
-    if needles < 1 or needles > len(NEEDLES):
-        raise ConfigError(f"--needles must be in 1..{len(NEEDLES)}, got {needles}")
+    check_settings(DEFAULT_CALIBRATION_TOPK, "token", needles)
     return make_grid(
         tokenizer, lengths or default_lengths(context_length), depths, NEEDLES[:needles]
     )

@@ -1,6 +1,6 @@
-"""The filter pass: run the early layers over the whole prompt, score every token at layer r by
-the attention of the last token (or of the last W tokens: the question), keep the top k in
-document order.
+"""The filter pass: run the early layers over the whole prompt and score every token at layer r
+by the attention of the last token (or of the last W tokens: the question). What is kept for
+those scores is :mod:`selection`'s job.
 
 Layers below r run as ordinary causal attention through SDPA (the n x n matrix is never built
 by us); at layer r only the keys of all n tokens and the query of the last token are computed,
@@ -24,7 +24,7 @@ from kernels import gemfilter_scores
 from sepcli import arch
 
 
-def _window_query_and_keys(layer, normed: torch.Tensor, shape: arch.Shape, window: int):
+def window_query_and_keys(layer, normed: torch.Tensor, shape: arch.Shape, window: int):
     """Pre-RoPE q of the last ``window`` tokens [B, Hq, W, D] and k of all tokens [B, Hkv, T, D]."""
     attn = layer.self_attn
     if hasattr(attn, "qkv_proj"):  # fused projection: no cheap way to skip q/v of other tokens
@@ -82,7 +82,7 @@ def layer_scores(
         layer = blocks[i]
         normed = layer.input_layernorm(h)
         if i == top:
-            q_win, k = _window_query_and_keys(layer, normed, shape, w)
+            q_win, k = window_query_and_keys(layer, normed, shape, w)
             del normed, h
             q_win = arch.apply_rope(q_win, cos[:, -w:], sin[:, -w:])  # (B, Hq, W, D)
             k = arch.apply_rope(k, cos, sin)  # (B, Hkv, T, D)
@@ -106,61 +106,3 @@ def filter_scores(model, ids: torch.Tensor, layer: int, window: int = 1) -> torc
     """Scores [T] (float32, on ids' device) of a single prompt ``ids`` [T] at 0-based ``layer``."""
     ((_, scores),) = list(layer_scores(model, ids.unsqueeze(0), [layer], window))
     return scores[0]
-
-
-def smooth_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
-    """Moving average of [T] scores over ``width`` (odd) tokens; edges average what exists."""
-    if width <= 1:
-        return scores
-    pooled = F.avg_pool1d(
-        scores.view(1, 1, -1), width, stride=1, padding=width // 2, count_include_pad=False
-    )
-    return pooled.view(-1)
-
-
-def select_spans(
-    scores: torch.Tensor, spans: list[tuple[int, int]], k: int, keep: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Indices (sorted) of the ``keep`` positions plus whole spans, best first by their highest
-    token score, while the spans' tokens total at most ``k`` (a span that would overflow is
-    skipped for smaller ones).
-
-    spans: the disjoint [start, end) candidates (sentences of the document); a position in no
-    span is never selected unless ``keep`` ([T] bool: the question and template) marks it."""
-    t = scores.shape[-1]
-    keep = torch.zeros(t, dtype=torch.bool) if keep is None else keep.cpu()
-    s = scores.float().cpu()
-    best = [float(s[a:b].max()) for a, b in spans]
-    chosen = [keep.nonzero().view(-1)]
-    room = k
-    for j in sorted(range(len(spans)), key=best.__getitem__, reverse=True):
-        a, b = spans[j]
-        if b - a <= room:
-            chosen.append(torch.arange(a, b))
-            room -= b - a
-            if room == 0:
-                break
-    return torch.cat(chosen).sort().values.to(scores.device)
-
-
-def select(
-    scores: torch.Tensor, k: int, *, smooth: int = 1, keep: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Indices (sorted, document order) of the top-scoring tokens of [T] ``scores``.
-
-    keep: optional [T] bool of tokens kept regardless of score (the question and template);
-    then k counts the *other* tokens only, so exactly min(k, #others) of them are added.
-    Without ``keep``: min(k, T) indices.
-    """
-    t = scores.shape[-1]
-    s = smooth_scores(scores.float(), smooth)
-    if keep is None or not bool(keep.any()):
-        if k >= t:
-            return torch.arange(t, device=scores.device)
-        return s.topk(k).indices.sort().values
-    keep = keep.to(s.device)
-    others = (~keep).nonzero().view(-1)
-    if k >= others.numel():
-        return torch.arange(t, device=scores.device)
-    best = others[s[others].topk(k).indices]
-    return torch.cat([keep.nonzero().view(-1), best]).sort().values

@@ -11,31 +11,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import torch
-
 from sepcli import arch
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.filter import select, select_spans
 from sepcli.gemfilter.generate import answer_pieces
-from sepcli.gemfilter.prompt import MAX_SENTENCE_TOKENS, Prompt, build_prompt
+from sepcli.gemfilter.prefix import query_rows
+from sepcli.gemfilter.prompt import DocumentTokens, Prompt, build_prompt
+from sepcli.gemfilter.reading import DocumentReading
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
+from sepcli.gemfilter.selection import Selected, choose_positions
 from sepcli.memory import PeakMemory
 
 
 @dataclass
-class Selected:
-    """The filter's choice: prompt positions [k] (sorted) and the scores [n] of every token;
-    ``segments`` filter passes produced them (1 unless the prompt exceeds the context)."""
+class AnswerText:
+    """Newly decoded text of the answer (one or more tokens' worth), in order."""
 
-    prompt: Prompt
-    indices: torch.Tensor
-    scores: torch.Tensor
-    layer: int
-    segments: int = 1
-
-
-@dataclass
-class Piece:
     text: str
 
 
@@ -58,7 +48,9 @@ class Result:
         return dict(self.__dict__)
 
 
-def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Prompt:
+def prepare(
+    model, tokenizer, document: str, question: str, cfg: QAConfig, doc: DocumentTokens | None = None
+) -> Prompt:
     """Validate the layer against the model and build the prompt (raises before any compute).
 
     A prompt longer than the context is refused, except by gemfilter with ``split``: then the
@@ -70,11 +62,11 @@ def prepare(model, tokenizer, document: str, question: str, cfg: QAConfig) -> Pr
             raise ValueError("QAConfig.layer must be resolved before running gemfilter")
         cfg.check_layer(shape.layers)
         if cfg.split:
-            prompt = build_prompt(tokenizer, document, question, None)
+            prompt = build_prompt(tokenizer, document, question, None, doc)
             plan(prompt, context, cfg.segment_tokens)
             check_answer_fits(prompt, context, cfg.topk, cfg.protect)
             return prompt
-    return build_prompt(tokenizer, document, question, context)
+    return build_prompt(tokenizer, document, question, context, doc)
 
 
 def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> list[tuple[int, int]]:
@@ -83,44 +75,41 @@ def segments_for(model, prompt: Prompt, segment_tokens: int | None = None) -> li
     return plan(prompt, arch.shape_of(model).context_length or None, segment_tokens)
 
 
-def sentence_units(prompt: Prompt, protect: bool, topk: int) -> list[tuple[int, int]]:
-    """Candidates for ``unit=sentence``: the document's sentences that are not blank (blank
-    lines draw attention like sinks but say nothing), cut to at most ``topk`` tokens so the
-    best one always fits, plus, without ``protect``, every template and question token on its
-    own, as the paper lets them compete."""
-    units = prompt.sentences(min(MAX_SENTENCE_TOKENS, topk), blank=False)
-    if not protect:
-        outside = [*range(prompt.doc_start), *range(prompt.doc_end, prompt.n)]
-        units += [(i, i + 1) for i in outside]
-    return units
-
-
-def pick(
-    prompt: Prompt, scores: torch.Tensor, k: int, unit: str, smooth: int, keep: torch.Tensor | None
-) -> torch.Tensor:
-    """Kept prompt positions (sorted) for [n] ``scores``: whole sentences or the k best tokens
-    (``unit``), plus the ``keep`` positions (the protected template and question, or None)."""
-    if unit == "sentence":
-        return select_spans(scores, sentence_units(prompt, keep is not None, k), k, keep=keep)
-    return select(scores, k, smooth=smooth, keep=keep)
-
-
-def select_tokens(model, prompt: Prompt, cfg: QAConfig) -> Selected:
-    """Filter pass(es) + top-k for a prepared prompt."""
+def filter_prompt(
+    model, prompt: Prompt, cfg: QAConfig, reading: DocumentReading | None = None
+) -> Selected:
+    """The whole GemFilter step for a prepared prompt: filter pass(es) at ``cfg.layer``, then
+    the kept positions (:func:`selection.choose_positions`). ``reading``: the document's
+    prefixes read beforehand, used when they are the ones this prompt's passes would read."""
     bounds = segments_for(model, prompt, cfg.segment_tokens)
-    scores = split_scores(model, prompt, cfg.layer, prompt.window(cfg.window), bounds)
+    reused = reading is not None and reading.serves(prompt, bounds)
+    scores = split_scores(
+        model,
+        prompt,
+        cfg.layer,
+        prompt.window(cfg.window),
+        bounds,
+        query_rows(cfg.window),
+        reading.prefixes if reused else None,
+    )
     keep = ~prompt.document_mask() if cfg.protect else None
-    indices = pick(prompt, scores, cfg.topk, cfg.unit, cfg.smooth, keep)
-    return Selected(prompt, indices, scores, cfg.layer, len(bounds))
+    indices = choose_positions(prompt, scores, cfg.topk, cfg.unit, cfg.smooth, keep)
+    return Selected(prompt, indices, scores, cfg.layer, len(bounds), reused)
 
 
 def run_qa(
-    model, tokenizer, document: str, question: str, cfg: QAConfig, prompt: Prompt | None = None
-) -> Iterator[Selected | Piece | Result]:
-    """Yield ``Selected`` (gemfilter only), then ``Piece``s of the answer, then one ``Result``.
+    model,
+    tokenizer,
+    document: str,
+    question: str,
+    cfg: QAConfig,
+    prompt: Prompt | None = None,
+    reading: DocumentReading | None = None,
+) -> Iterator[Selected | AnswerText | Result]:
+    """Yield ``Selected`` (gemfilter only), then ``AnswerText``s of the answer, then one ``Result``.
 
     ``prompt``: what :func:`prepare` returned for these arguments, so a caller that checked the
-    prompt first does not tokenize the document twice.
+    prompt first does not tokenize the document twice. ``reading``: see :func:`filter_prompt`.
     ``ttft_s`` runs from the call to the first answer token, with prompt building included
     (also when the prompt was built before the call).
     """
@@ -136,7 +125,7 @@ def run_qa(
     segments = None
     with PeakMemory(device) as mem:
         if cfg.method == "gemfilter":
-            chosen = select_tokens(model, prompt, cfg)
+            chosen = filter_prompt(model, prompt, cfg, reading)
             ids = prompt.ids[chosen.indices]
             segments = chosen.segments
             yield chosen
@@ -151,7 +140,7 @@ def run_qa(
                 ttft = time.perf_counter() - t0
             if piece:
                 pieces.append(piece)
-                yield Piece(piece)
+                yield AnswerText(piece)
     gem = cfg.method == "gemfilter"
     yield Result(
         answer="".join(pieces),

@@ -105,20 +105,45 @@ def _encode(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
-def build_prompt(
-    tokenizer, document: str, question: str, context_length: int | None = None
-) -> Prompt:
-    """Chat-template prompt with the document then the question; raises InputError / ContextLimitError."""
+@dataclass(frozen=True)
+class DocumentTokens:
+    """A document tokenized on its own (the middle piece of every prompt about it): ids and
+    the (start, end) char offsets of each token."""
+
+    text: str
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+
+
+def encode_document(tokenizer, document: str) -> DocumentTokens:
     if not document.strip():
         raise InputError("the document is empty")
+    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+    return DocumentTokens(document, enc["input_ids"], [tuple(o) for o in enc["offset_mapping"]])
+
+
+def template_pieces(tokenizer, question: str) -> tuple[list[int], list[int]]:
+    """Token ids of the template head (before the document) and tail (question onwards)."""
+    head, tail = _template_text(tokenizer, question.strip()).split(_SLOT)
+    return _encode(tokenizer, head), _encode(tokenizer, tail)
+
+
+def build_prompt(
+    tokenizer,
+    document: str,
+    question: str,
+    context_length: int | None = None,
+    doc: DocumentTokens | None = None,
+) -> Prompt:
+    """Chat-template prompt with the document then the question; raises InputError /
+    ContextLimitError. ``doc``: ``document`` already tokenized (many questions, one document)."""
     if not question.strip():
         raise InputError("the question is empty")
     t0 = time.perf_counter()
-    head, tail = _template_text(tokenizer, question.strip()).split(_SLOT)
-    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
-    doc_ids = enc["input_ids"]
-    offsets = [tuple(o) for o in enc["offset_mapping"]]
-    head_ids, tail_ids = _encode(tokenizer, head), _encode(tokenizer, tail)
+    if doc is None or doc.text != document:
+        doc = encode_document(tokenizer, document)
+    doc_ids, offsets = doc.ids, doc.offsets
+    head_ids, tail_ids = template_pieces(tokenizer, question)
     ids = head_ids + doc_ids + tail_ids
     if context_length and len(ids) > context_length:
         raise ContextLimitError(

@@ -69,6 +69,21 @@ def open_input(path: str) -> Iterator[BinaryIO]:
         yield handle
 
 
+def read_text(path: str) -> tuple[str, int]:
+    """The whole text of ``path`` (``-``: stdin; a pipe such as ``<(zcat a.gz)`` reads like a
+    file) and how many U+FFFD characters undecodable bytes became, for inputs read at once
+    (the GemFilter commands). Same refusals and wording as the streaming reader:
+    :func:`open_input`, :func:`refuse_binary`, and an input with no text is empty."""
+    with open_input(path) as stream:
+        data = stream.read()
+    refuse_binary(data, "the input" if path == "-" else path)
+    text = data.decode("utf-8", errors="replace")
+    replaced = text.count("\ufffd") - data.count("\ufffd".encode())  # not U+FFFD already there
+    if not text.strip():
+        raise InputError(f"{'the input' if path == '-' else path} is empty (no text)")
+    return text, replaced
+
+
 def safe_cut(text: str) -> int:
     """Largest i > 0 where text[i] is a space between two non-space characters, else 0."""
     i = text.rfind(" ")

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from sepcli import __version__
-from sepcli.commands import info, qa, stream
+from sepcli.commands import info, qa, score, stream
 
 app = typer.Typer(
     name="sepcli",
@@ -34,5 +34,5 @@ def _root(
     """sepcli: texts far longer than the model's context window."""
 
 
-for _module in (info, stream, qa):
+for _module in (info, stream, score, qa):
     _module.register(app)

@@ -74,9 +74,7 @@ def test_every_record_comes_back_in_order_with_its_score(tiny_dir, texts, tmp_pa
         assert {k: got[k] for k in row} == row
         assert got["tokens"] > 0 and math.isclose(got["ppl"], math.exp(got["nll"]))
     # one at a time (a batch of one record each) gives the same scores
-    alone = [
-        records(run(["-", *opts(tiny_dir)], input=jsonl([row])))[0]["nll"] for row in rows[:4]
-    ]
+    alone = [records(run(["-", *opts(tiny_dir)], input=jsonl([row])))[0]["nll"] for row in rows[:4]]
     for a, got in zip(alone, out, strict=False):
         assert math.isclose(a, got["nll"], rel_tol=1e-6)
 

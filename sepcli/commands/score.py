@@ -75,7 +75,9 @@ def score(
     ] = "",
     shard: Annotated[
         str | None,
-        typer.Option("--shard", help="Score only shard I of N (0-based, records interleaved): I/N."),
+        typer.Option(
+            "--shard", help="Score only shard I of N (0-based, records interleaved): I/N."
+        ),
     ] = None,
     skip: Annotated[
         int, typer.Option("--skip", help="Skip the first N records (of the shard): resume.")
@@ -132,31 +134,40 @@ def score(
 
         check_ray_args(files, lines, where, skip, ray_actors, ray_gpus)
 
+    if ray is not None:
+        from sepcli.commands.score_ray import run_on_ray
+
+        job_kwargs = {
+            "model": model,
+            "device": device,
+            "dtype": dtype,
+            "config": config.to_dict(),
+            "field": field,
+            "prefix": prefix,
+            "batch_tokens": batch_tokens,
+        }
+        shown = {k: v for k, v in job_kwargs.items() if k != "config"}
+        _show_config({**config.to_dict(), **shown, "ray": ray, "actors": ray_actors})
+        run_on_ray(files, ray, job_kwargs, ray_actors, ray_gpus, skip_bad)
+        return
+
     lm = load(model, device, dtype)
     job = ScoreRecords(
         loaded=lm, config=config, field=field, prefix=prefix, batch_tokens=batch_tokens
     )
-    resolved = {
-        **config.to_dict(),
-        "capacity": job.scorer.capacity,
-        "model": lm.name,
-        "device": str(lm.device),
-        "dtype": dtype_name(lm),
-        "field": None if lines else field,
-        "shard": shard,
-        "skip": skip or None,
-        "batch_tokens": batch_tokens,
-        "ray": ray,
-    }
-    err_console.print(
-        "[dim]score: " + " ".join(f"{k}={v}" for k, v in resolved.items() if v is not None) + "[/]"
+    _show_config(
+        {
+            **config.to_dict(),
+            "capacity": job.scorer.capacity,
+            "model": lm.name,
+            "device": str(lm.device),
+            "dtype": dtype_name(lm),
+            "field": None if lines else field,
+            "shard": shard,
+            "skip": skip or None,
+            "batch_tokens": batch_tokens,
+        }
     )
-    if ray is not None:
-        from sepcli.commands.score_ray import run_on_ray
-
-        run_on_ray(job, files, ray, ray_actors, ray_gpus, skip_bad, model, device, dtype)
-        return
-
     counts = ReadCounts()
     records = read_records(files, field, lines, counts)
     if where is not None:
@@ -164,6 +175,12 @@ def score(
         records = itertools.islice(records, index, None, count)
     records = itertools.islice(records, skip, None)
     _score_to_stdout(job, records, counts, skip, skip_bad, input_bytes(files), files, lines)
+
+
+def _show_config(resolved: dict) -> None:
+    err_console.print(
+        "[dim]score: " + " ".join(f"{k}={v}" for k, v in resolved.items() if v is not None) + "[/]"
+    )
 
 
 def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, lines) -> None:

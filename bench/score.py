@@ -1,12 +1,12 @@
 """Benchmarks of `sepcli score` (numbers in docs/score.md come from here).
 
-    python bench/score.py throughput [--paragraphs 1809] [--sections 200] [--essays 16]
+    python bench/score.py throughput [--lines 1400] [--paragraphs 600] [--essays 8]
                                      [--batch-tokens 4096] [--one-every 1]
     python bench/score.py memory     [--big-mb 20] [--total-mb 50]
 
-throughput: one corpus of real documents of mixed length (the bundled essays cut into
-paragraphs, sections of two paragraphs, and whole essays longer than the cache), scored side by
-side in one process by three contenders:
+throughput: one corpus of real documents of mixed length (the bundled essays cut into lines and
+paragraphs, and whole essays longer than the cache), scored side by side in one process by three
+contenders:
 
 - ``sepcli score``: the command's own path (records read from a JSONL file, the same batches,
   :class:`~sepcli.score.job.ScoreRecords`); long documents scored whole through the ring;
@@ -55,12 +55,13 @@ RESULTS = ROOT / "bench" / "results"
 PARAGRAPH_END = re.compile(r"(?<=[.?!\"\)\]])(?=[A-Z\[])|\n\s*\n")
 
 
-def corpus(tok, paragraphs: int, sections: int, essays: int, capacity: int) -> list[str]:
-    """Real documents of mixed length, in a fixed shuffled order."""
+def corpus(tok, lines: int, paragraphs: int, essays: int, capacity: int) -> list[str]:
+    """Real documents of mixed length, in a fixed shuffled order: lines of the essays (as they
+    are wrapped, ~15 tokens), paragraphs (~90 tokens) and whole essays longer than the cache."""
     texts = [p.read_text(encoding="utf-8", errors="replace").strip() for p in essay_paths()]
     paras = [q.strip() for t in texts for q in PARAGRAPH_END.split(t) if q and q.strip()]
-    docs = paras[:paragraphs]
-    docs += [paras[i] + " " + paras[i + 1] for i in range(0, 2 * sections, 2)]
+    wrapped = [x.strip() for t in reversed(texts) for x in t.splitlines() if x.strip()]
+    docs = wrapped[:lines] + paras[:paragraphs]
     lengths = [len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"]]
     long = [t for t, n in zip(texts, lengths, strict=True) if capacity < n < 8000]
     docs += long[:essays]
@@ -127,7 +128,7 @@ def throughput(args) -> dict:
     seps = separator_mask(lm.tokenizer)
     capacity = config.capacity
     context = lm.model.config.max_position_embeddings
-    docs = corpus(lm.tokenizer, args.paragraphs, args.sections, args.essays, capacity)
+    docs = corpus(lm.tokenizer, args.lines, args.paragraphs, args.essays, capacity)
     lengths = [len(x) for x in lm.tokenizer(docs, add_special_tokens=False)["input_ids"]]
     tokens = sum(lengths)
     print(
@@ -272,9 +273,9 @@ def main() -> None:
     t = sub.add_parser("throughput")
     t.add_argument("--model", default="smollm2")
     t.add_argument("--dtype", default="fp32")
-    t.add_argument("--paragraphs", type=int, default=1809)
-    t.add_argument("--sections", type=int, default=200)
-    t.add_argument("--essays", type=int, default=16)
+    t.add_argument("--lines", type=int, default=1400)
+    t.add_argument("--paragraphs", type=int, default=600)
+    t.add_argument("--essays", type=int, default=8)
     t.add_argument("--batch-tokens", type=int, default=4096)
     t.add_argument(
         "--one-every",

@@ -97,7 +97,7 @@ def score(
         typer.Option(
             "--ray",
             help="Score on a Ray cluster: 'local' starts one here, 'auto' joins the running one, "
-            "or an address (ray://host:10001). JSON lines files only.",
+            "or an address (ray://host:10001). JSON lines files, folders of them, or URIs.",
         ),
     ] = None,
     ray_actors: Annotated[
@@ -126,7 +126,7 @@ def score(
         raise ConfigError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     if not field or any(not part for part in field.split(".")):
         raise ConfigError(f"--field must name a field (dotted: a.b), got {field!r}")
-    check_inputs(files)
+    check_inputs([f for f in files if ray is None or "://" not in f], ray=ray is not None)
     if "-" in files and sys.stdin.isatty():
         raise InputError("no input: give FILES, or pipe JSON lines into `sepcli score -`")
     if ray is not None:

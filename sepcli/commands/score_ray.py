@@ -15,7 +15,6 @@ import typer
 from sepcli.cli_common import err_console, warn
 from sepcli.commands.interrupt import StopFlag
 from sepcli.errors import ConfigError, InputError
-from sepcli.score.records import is_jsonl
 
 
 def check_ray_args(
@@ -24,10 +23,10 @@ def check_ray_args(
     """ConfigError for what --ray does not do (before anything loads)."""
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("--ray needs Ray Data: pip install 'sepcli[ray]'")
-    if "-" in files or lines or not all(is_jsonl(f) for f in files):
+    if "-" in files or lines:
         raise ConfigError(
-            "--ray reads JSON lines files (.jsonl/.ndjson/.json, .gz too) that the cluster can "
-            "read; not stdin, --lines or text files"
+            "--ray reads JSON lines files (.gz too), folders of them or URIs the cluster can "
+            "read (s3://...); not stdin or --lines"
         )
     if shard is not None or skip:
         raise ConfigError(

@@ -70,8 +70,9 @@ def is_jsonl(path: str) -> bool:
     return path == "-" or name.endswith(JSONL_SUFFIXES)
 
 
-def check_inputs(paths: list[str]) -> None:
-    """One-line InputError for a missing path, a directory or stdin given twice (before any work)."""
+def check_inputs(paths: list[str], ray: bool = False) -> None:
+    """One-line InputError for a missing path, a directory (allowed for Ray, which reads the
+    files in it) or stdin given twice (before any work)."""
     if paths.count("-") > 1:
         raise InputError("'-' (stdin) can be given only once")
     for path in paths:
@@ -80,7 +81,7 @@ def check_inputs(paths: list[str]) -> None:
         p = Path(path).expanduser()
         if not p.exists():
             raise InputError(f"no such file: {path}")
-        if p.is_dir():
+        if p.is_dir() and not ray:
             raise InputError(f"{path} is a directory, not a file")
 
 

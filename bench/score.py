@@ -209,7 +209,7 @@ def peak_rss_of(cmd: list[str], stdout) -> tuple[float, float]:
 
 def memory(args) -> dict:
     from sepcli.models import load_tokenizer
-    from tests.conftest import build_tiny_llama
+    from tests.helpers import build_tiny_llama
 
     tok = load_tokenizer("smollm2")
     essays = [p.read_text(encoding="utf-8", errors="replace") for p in essay_paths()]

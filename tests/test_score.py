@@ -23,7 +23,7 @@ CONFIG = StreamConfig(init=2, sep=4, window=16, capacity=40, chunk=8)
 
 @pytest.fixture(scope="module")
 def model(tokenizer):
-    from tests.conftest import build_tiny_llama
+    from tests.helpers import build_tiny_llama
 
     print(f"tiny llama seed={SEED}")
     return build_tiny_llama(len(tokenizer), layers=2, hidden=32, heads=2, kv_heads=1, seed=SEED)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from sepcli.cli import app
 from sepcli.texts import essays_text
-from tests.conftest import build_tiny_llama
+from tests.helpers import tiny_model_folder
 
 SMALL = ["--init", "2", "--sep", "4", "--window", "16", "--capacity", "40", "--chunk", "8"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -26,12 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-score-model")
-    build_tiny_llama(
-        len(tokenizer), layers=2, hidden=32, heads=2, kv_heads=1, seed=7
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny_model_folder(tmp_path_factory, tokenizer, "tiny-score-model", seed=7)
 
 
 @pytest.fixture(scope="module")
@@ -239,7 +234,7 @@ def _cli(args, **kw):
 
 def test_sigterm_stops_after_the_batch_and_says_how_to_continue(tiny_dir, tmp_path):
     path = tmp_path / "many.jsonl"
-    rows = [{"id": i, "text": f"Record number {i} says hello."} for i in range(2000)]
+    rows = [{"id": i, "text": f"Record number {i} says hello."} for i in range(3000)]
     path.write_text(jsonl(rows))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
@@ -252,7 +247,7 @@ def test_sigterm_stops_after_the_batch_and_says_how_to_continue(tiny_dir, tmp_pa
     )
     first = proc.stdout.readline()  # the first batch is written
     proc.send_signal(signal.SIGTERM)
-    rest, err = proc.communicate(timeout=120)
+    rest, err = proc.communicate(timeout=300)
     out = [json.loads(x) for x in (first + rest).splitlines()]
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert 0 < len(out) < len(rows)

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from sepcli.cli import app
 from sepcli.texts import essays_text
-from tests.conftest import build_tiny_llama
+from tests.helpers import tiny_model_folder
 
 ray = pytest.importorskip("ray")
 
@@ -41,12 +41,7 @@ def local_ray():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-ray-model")
-    build_tiny_llama(
-        len(tokenizer), layers=2, hidden=32, heads=2, kv_heads=1, seed=11
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny_model_folder(tmp_path_factory, tokenizer, "tiny-ray-model", seed=11)
 
 
 def test_ray_gives_every_record_once_with_the_local_scores(local_ray, tiny_dir, tmp_path):

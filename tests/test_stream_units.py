@@ -22,7 +22,7 @@ from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.stream.reader import line_cut, newline_cut_is_safe
 from sepcli.texts import essays_text
-from tests.conftest import build_tiny_llama
+from tests.helpers import tiny_model_folder
 
 SMALL = ["--init", "2", "--sep", "4", "--window", "16", "--capacity", "40", "--chunk", "8"]
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,12 +38,7 @@ TEXT = (
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory, tokenizer):
-    folder = tmp_path_factory.mktemp("tiny-units-model")
-    build_tiny_llama(
-        len(tokenizer), layers=2, hidden=32, heads=2, kv_heads=1, seed=5
-    ).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
+    return tiny_model_folder(tmp_path_factory, tokenizer, "tiny-units-model", seed=5)
 
 
 def opts(tiny_dir, *extra):

@@ -186,7 +186,7 @@ def _show_config(resolved: dict) -> None:
 def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, lines) -> None:
     written = bad = tokens = 0
     start = time.perf_counter()
-    out = sys.stdout
+    out = sys.stdout.buffer
     bar = tqdm(
         total=total_bytes, unit="B", unit_scale=True, file=sys.stderr, mininterval=1.0,
         desc="score", dynamic_ncols=True,
@@ -202,7 +202,9 @@ def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, l
                             f"{record.where}: {outcome.error} ({written} records written before "
                             "it; --skip-bad passes such records through)"
                         )
-                    out.write(outcome.line + "\n")
+                    for part in outcome.parts:
+                        out.write(part)
+                    out.write(b"\n")
                     written += 1
                     bad += outcome.error is not None
                     tokens += outcome.score.tokens if outcome.score else 0

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from sepcli.errors import ContextLimitError
 from sepcli.models import LoadedModel, load_model
-from sepcli.score.records import Record, parse_json_line, render, score_fields
+from sepcli.score.records import ReadCounts, Record, parse_json_line, render, score_fields
 from sepcli.score.scorer import BATCH_TOKENS, DocScore, DocScorer
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
@@ -27,11 +27,16 @@ BATCH_CHARS = 1 << 19
 
 @dataclass(frozen=True)
 class Outcome:
-    """What became of one record: its output line, its score (None on error), the error."""
+    """What became of one record: its output line (parts to write, see
+    :func:`~sepcli.score.records.render`), its score (None on error), the error."""
 
-    line: str
+    parts: list
     score: DocScore | None = None
     error: str | None = None
+
+    @property
+    def line(self) -> str:
+        return b"".join(self.parts).decode()
 
 
 class ScoreRecords:
@@ -83,7 +88,7 @@ class ScoreRecords:
             if i in problems:
                 added = {f"{self.prefix}error": problems[i]}
                 if record.obj is None:
-                    added[f"{self.prefix}input"] = record.raw
+                    added[f"{self.prefix}input"] = record.raw.decode().rstrip("\r\n")
                 outcomes.append(Outcome(render(record, added), error=problems[i]))
             else:
                 score = done[i]
@@ -93,8 +98,8 @@ class ScoreRecords:
     def __call__(self, batch: dict) -> dict:
         """Ray Data: ``{"text": [JSON line, ...], ...}`` -> ``{"out": [...], "error": [...]}``
         plus the input's other columns (``path``). A blank line's ``out`` is None."""
-        lines = [str(x) for x in batch["text"]]
-        parsed = [parse_json_line(line, self.field) for line in lines]
+        counts = ReadCounts()  # the reading task counted replacements already
+        parsed = [parse_json_line(str(x).encode(), self.field, counts) for x in batch["text"]]
         records = [r for r in parsed if r is not None]
         outcomes = iter(self.score_records(records))
         out, errors = [], []

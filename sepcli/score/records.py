@@ -40,7 +40,8 @@ class Record:
     source, line : input name and 1-based line (0 for a whole-file document).
     text : the document; None when ``error`` says why it could not be read.
     obj : the fields written back (a JSON line's object, or ``{"line": n, "text": ...}``).
-    raw : a JSON line's original text: written back unchanged, with the scores appended.
+    raw : a JSON line's original bytes (UTF-8; newline included): written back unchanged, with
+        the scores appended, and never copied (a 20 MB record costs its bytes and its text).
     size : input bytes the record took (for progress).
     """
 
@@ -48,7 +49,7 @@ class Record:
     line: int
     text: str | None
     obj: dict | None = None
-    raw: str | None = None
+    raw: bytes | None = None
     error: str | None = None
     size: int = 0
 
@@ -138,18 +139,23 @@ def field_of(obj, dotted: str) -> tuple[str | None, str | None]:
     return value, None
 
 
-def parse_json_line(line: str, dotted: str, source: str = "-", number: int = 0) -> Record | None:
-    """A JSON line -> its Record (None for a blank line, which is not a record)."""
-    body = strip_newline(line)
-    if not body.strip():
+def parse_json_line(
+    line: bytes, dotted: str, counts: ReadCounts, source: str = "-", number: int = 0
+) -> Record | None:
+    """A JSON line (bytes, newline included or not) -> its Record; None for a blank line, which
+    is not a record. Bytes that are not UTF-8 are replaced (and counted)."""
+    if not line or line.isspace():
         return None
     try:
-        obj = json.loads(body)
+        obj = json.loads(line)
+    except UnicodeDecodeError:
+        line = decode(line, counts).encode()
+        return parse_json_line(line, dotted, counts, source, number)
     except json.JSONDecodeError as exc:
-        return Record(source, number, None, raw=body, error=f"malformed JSON ({exc.msg})")
+        return Record(source, number, None, raw=line, error=f"malformed JSON ({exc.msg})")
     text, error = field_of(obj, dotted)
     return Record(
-        source, number, text, obj=obj if isinstance(obj, dict) else None, raw=body, error=error
+        source, number, text, obj=obj if isinstance(obj, dict) else None, raw=line, error=error
     )
 
 
@@ -162,22 +168,25 @@ def read_records(
             if lines or is_jsonl(path):
                 for number, raw in enumerate(handle, 1):
                     counts.bytes_read += len(raw)
-                    text = decode(raw, counts)
                     if lines:
-                        body = strip_newline(text)
-                        obj = {"line": number, "text": body}
-                        if len(paths) > 1:
-                            obj = {"file": path, **obj}
-                        yield Record(path, number, body, obj=obj, size=len(raw))
-                        continue
-                    record = parse_json_line(text, dotted, path, number)
+                        record = _line_record(raw, path, number, len(paths) > 1, counts)
+                    else:
+                        record = parse_json_line(raw, dotted, counts, path, number)
+                    size = len(raw)
+                    del raw  # while the record is out, hold only what it holds
                     if record is not None:
-                        record.size = len(raw)
+                        record.size = size
                         yield record
             else:
                 raw = handle.read()
                 counts.bytes_read += len(raw)
                 yield Record(path, 0, decode(raw, counts), obj={"file": path}, size=len(raw))
+
+
+def _line_record(raw: bytes, path: str, number: int, name_file: bool, counts) -> Record:
+    body = strip_newline(decode(raw, counts))
+    obj = {"line": number, "text": body}
+    return Record(path, number, body, obj={"file": path, **obj} if name_file else obj)
 
 
 def score_fields(score: DocScore, prefix: str) -> dict:
@@ -188,17 +197,18 @@ def score_fields(score: DocScore, prefix: str) -> dict:
     }
 
 
-def render(record: Record, added: dict) -> str:
-    """The output line of a record: its fields plus ``added`` (scores, or an error).
+def render(record: Record, added: dict) -> list:
+    """The output line of a record, as parts to write in order (bytes or memoryviews, no
+    newline): its fields plus ``added`` (scores, or an error).
 
-    A JSON line is written back as its original text with ``added`` spliced in before the
-    closing brace, so its keys, order and formatting are kept and a huge record is never
-    serialised again; when a key would repeat, the object is re-serialised with the new values."""
+    A JSON line is written back as its original bytes up to the closing brace (a view, not a
+    copy) and ``added`` after it, so its keys, order and formatting are kept and a huge record is
+    never serialised again; when a key would repeat, the object is re-serialised."""
     obj = record.obj
     if obj is None:  # not a JSON object: nothing to add to (``added`` carries the raw text)
-        return json.dumps(added, ensure_ascii=False)
+        return [json.dumps(added, ensure_ascii=False).encode()]
     tail = json.dumps(added, ensure_ascii=False)
     if record.raw is not None and obj and not added.keys() & obj.keys():
-        body = record.raw.rstrip()
-        return f"{body[:-1].rstrip()}, {tail[1:]}"
-    return json.dumps({**obj, **added}, ensure_ascii=False)
+        end = record.raw.rfind(b"}")
+        return [memoryview(record.raw)[:end], b", " + tail[1:].encode()]
+    return [json.dumps({**obj, **added}, ensure_ascii=False).encode()]

@@ -102,3 +102,14 @@ def hf_nll(model, ids):
     """Per-token NLL of ids[1:] from one plain HF forward (no cache, default positions)."""
     logits = model(torch.tensor([ids])).logits[0].float()
     return F.cross_entropy(logits[:-1], torch.tensor(ids[1:]), reduction="none")
+
+
+def tiny_model_folder(tmp_path_factory, tokenizer, name: str, seed: int) -> str:
+    """A tiny Llama (2 layers, hidden 32) and the real tokenizer saved in a fresh folder: a
+    model for CLI tests, loaded by ``--model FOLDER`` like any local model."""
+    folder = tmp_path_factory.mktemp(name)
+    build_tiny_llama(
+        len(tokenizer), layers=2, hidden=32, heads=2, kv_heads=1, seed=seed
+    ).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return str(folder)

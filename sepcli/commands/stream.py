@@ -6,6 +6,7 @@ a rich live view on a terminal or JSON lines when piped. The tensor work is in s
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -45,6 +46,7 @@ from sepcli.stream import checkpoint
 from sepcli.stream.engine import StreamEngine
 from sepcli.stream.metrics import RunMetrics
 from sepcli.stream.reader import ReadStats, open_input, start_token, stream_tokens
+from sepcli.stream.units import UNITS, UnitTracker, stream_units
 
 
 @guarded
@@ -86,6 +88,17 @@ def stream(
     interval: Annotated[
         float, typer.Option("--interval", help="Seconds between progress reports.")
     ] = 1.0,
+    per: Annotated[
+        str | None,
+        typer.Option(
+            "--per",
+            help="line | paragraph: a JSON record per unit as soon as it is scored (in the "
+            "stream's context), instead of the progress lines.",
+        ),
+    ] = None,
+    with_text: Annotated[
+        bool, typer.Option("--text", help="With --per: include each unit's text.")
+    ] = False,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     threads: ThreadsOpt = None,
@@ -99,6 +112,15 @@ def stream(
         raise ConfigError("--every N needs N >= 1 and --checkpoint PATH")
     if not math.isfinite(interval) or interval < 0:
         raise ConfigError(f"--interval must be a number of seconds >= 0, got {interval}")
+    if per is not None:
+        if per not in UNITS:
+            raise ConfigError(f"--per must be one of {', '.join(UNITS)}, got {per!r}")
+        if resume is not None or max_tokens is not None or not ppl:
+            raise ConfigError(
+                "--per scores a whole input: not with --resume, --max-tokens or --no-ppl"
+            )
+    elif with_text:
+        raise ConfigError("--text goes with --per line|paragraph")
     if checkpoint_path is not None:
         checkpoint.check_target(checkpoint_path)
     if file == "-" and sys.stdin.isatty():
@@ -136,16 +158,24 @@ def stream(
         )
 
         stats = ReadStats()
-        blocks = stream_tokens(lm.tokenizer, source, stats, max_tokens)
+        blocks = [] if per else stream_tokens(lm.tokenizer, source, stats, max_tokens)
         if resume is not None:  # read past what the checkpoint fed, checking it is the same
             blocks = run.skip_fed(blocks)
         if checkpoint_path is not None:
             checkpoint.probe(checkpoint_path)  # fail now, not after hours of streaming
 
-        use_json = json_out or not sys.stdout.isatty()
+        use_json = json_out or per is not None or not sys.stdout.isatty()
         renderer = JsonLines(interval) if use_json else LiveView(interval)
         interrupted, last_saved = False, engine.seen
         with StopFlag() as stop, renderer:
+            if per is not None:
+                tracker = UnitTracker(per, keep_text=with_text)
+                for record in stream_units(
+                    engine, lm.tokenizer, source, stats, tracker, metrics.update,
+                    lambda: stop.requested,
+                ):  # fmt: skip
+                    typer.echo(json.dumps({"event": per, **record}, ensure_ascii=False))
+                interrupted = stop.requested
             for chunk in engine.run(blocks):
                 metrics.update(chunk)
                 renderer.progress(metrics.snapshot())

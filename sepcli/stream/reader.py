@@ -94,15 +94,45 @@ def safe_cut(text: str) -> int:
     return 0
 
 
-def text_blocks(
-    stream: BinaryIO, stats: ReadStats, block_bytes: int = BLOCK_BYTES, allow_empty: bool = False
-) -> Iterator[str]:
-    """Decoded text in blocks that end at safe tokenization points; the last one gets the rest.
+def line_cut(text: str) -> int:
+    """Start of the whitespace run holding the last line break, if text comes before it, else 0:
+    where a per-line stream may cut so that a line is tokenized once its line break arrives."""
+    i = text.rfind("\n")
+    while i > 0 and text[i - 1].isspace():
+        i -= 1
+    return max(i, 0)
+
+
+def newline_cut_is_safe(tokenizer) -> bool:
+    """Whether cutting text before a line break gives the same ids as the whole text (true for
+    GPT-2 style pre-tokenization; not where punctuation merges with the newline after it)."""
+    probes = ("end.\nNext", "a:\n  b", "x\n\n\ny", "one two\r\nthree", "(ok)\n- item")
+
+    def ids(text: str) -> list[int]:
+        return tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+
+    return all(ids(p) == ids(p[: line_cut(p)]) + ids(p[line_cut(p) :]) for p in probes)
+
+
+def text_blocks_ahead(
+    stream: BinaryIO,
+    stats: ReadStats,
+    block_bytes: int = BLOCK_BYTES,
+    lines: bool = False,
+    allow_empty: bool = False,
+) -> Iterator[tuple[str, str]]:
+    """(block, the text read after it so far): decoded text in blocks that end at safe
+    tokenization points; the last block gets the rest (and "" after it).
+
+    Reads what is available (``read1``: a pipe is not waited on until a whole block fills), so
+    text that arrives slowly is tokenized as it comes. ``lines``: also cut before a line break
+    (see :func:`newline_cut_is_safe`), so a line is tokenized as soon as its break arrives.
     An input with no non-whitespace text is an InputError unless ``allow_empty``."""
+    read = getattr(stream, "read1", stream.read)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     pending, first, non_space = "", True, False
     while True:
-        raw = stream.read(block_bytes)
+        raw = read(block_bytes)
         if first:
             refuse_binary(raw, "the input")
         first = False
@@ -113,16 +143,24 @@ def text_blocks(
         pending += text
         if not raw:
             break
-        cut = safe_cut(pending)
+        cut = max(safe_cut(pending), line_cut(pending) if lines else 0)
         if cut == 0 and len(pending) > MAX_PENDING_CHARS:
             cut = len(pending)
         if cut:
-            yield pending[:cut]
+            yield pending[:cut], pending[cut:]
             pending = pending[cut:]
     if not non_space and not allow_empty:
         raise InputError("the input is empty (no text to score)")
     if pending:
-        yield pending
+        yield pending, ""
+
+
+def text_blocks(
+    stream: BinaryIO, stats: ReadStats, block_bytes: int = BLOCK_BYTES, allow_empty: bool = False
+) -> Iterator[str]:
+    """Decoded text in blocks that end at safe tokenization points; the last one gets the rest."""
+    for block, _ in text_blocks_ahead(stream, stats, block_bytes, allow_empty=allow_empty):
+        yield block
 
 
 def token_blocks(tokenizer, texts: Iterable[str]) -> Iterator[list[int]]:

@@ -17,7 +17,7 @@ default SepLLM config) on the same text, in alternating rounds, same threads. Re
 read per second, tokens scored per second, the ratios, and each side's perplexity.
 
 decode: `llama-bench -p 0 -n N` (token generation) against sepcli decoding one token at a time
-on the ring (StreamEngine.feed([token]) with greedy argmax of engine.carry) after a prompt of
+on the ring (StreamEngine.feed([token]) with greedy argmax of engine.last_logits) after a prompt of
 the essays, alternating rounds.
 """
 
@@ -104,10 +104,16 @@ def essays_file(tok, tokens: int, folder: Path) -> tuple[Path, int]:
     return path, n
 
 
+STAMP = re.compile(r"(\d+)\.(\d{2})\.(\d{3})\.(\d{3}) [A-Z] ")
+
+
 def _stamp(log: str, marker: str) -> float:
-    """Seconds since start of the log line holding ``marker`` (llama.cpp's M.SS.mmm.uuu)."""
-    line = next(x for x in log.splitlines() if marker in x)
-    m, sec, ms, us = (int(p) for p in line.split()[0].split("."))
+    """Seconds since start of the log entry holding ``marker``: the last of llama.cpp's
+    M.SS.mmm.uuu stamps before it. (An entry can follow an unfinished one on the same line, as
+    "Final estimate" follows the first pass's "ETA ..." line, so the line's first stamp is not
+    always the marker's.)"""
+    at = log.index(marker)
+    m, sec, ms, us = (int(p) for p in list(STAMP.finditer(log, 0, at))[-1].groups())
     return m * 60 + sec + ms / 1e3 + us / 1e6
 
 

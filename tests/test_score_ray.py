@@ -44,10 +44,8 @@ def tiny_dir(tmp_path_factory, tokenizer):
     return tiny_model_folder(tmp_path_factory, tokenizer, "tiny-ray-model", seed=11)
 
 
-@pytest.mark.skip(
-    reason="hangs on a local Ray (not yet diagnosed; it passed before records were kept as bytes, fea8ea2); "
-    "`sepcli score --ray` is unverified until this passes again (issue 17 stays open)"
-)
+# Two actors on two CPUs: reading must not wait for a CPU the actors hold (it once hung here).
+@pytest.mark.timeout(600)
 def test_ray_gives_every_record_once_with_the_local_scores(local_ray, tiny_dir, tmp_path):
     words = essays_text(max_chars=30000).split(" ")
     rows = [{"id": i, "text": " ".join(words[i : i + 1 + (i * 13) % 30])} for i in range(700)]

@@ -55,7 +55,11 @@ def score_rows(
 
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
-    ds = ray.data.read_binary_files(paths, include_paths=True).flat_map(split_lines)
+    # Reading and cutting lines reserve no CPU: the scoring actors hold their CPUs for as long
+    # as the dataset runs, so on a machine with as many CPUs as actors a reading task that waits
+    # for a free CPU would wait forever (and the actors for its lines).
+    ds = ray.data.read_binary_files(paths, include_paths=True, num_cpus=0)
+    ds = ds.flat_map(split_lines, num_cpus=0)
     ds = ds.map_batches(
         ScoreRecords,
         fn_constructor_kwargs=job_kwargs,

@@ -101,6 +101,7 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--model", default="smollm2")
+    p.add_argument("--threads", type=int, default=None, help="default: sepcli's (the cores)")
     p.add_argument("--topk", type=int, default=None, help="default: 1024 (8k), 256 (essays)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
@@ -108,6 +109,8 @@ def main() -> None:
     document, questions, expected = make_document(args.what, args.tokens)
     questions = questions[: args.questions]
     opts = ["--max-new-tokens", str(args.max_new_tokens), "--dtype", args.dtype, "-m", args.model]
+    if args.threads is not None:
+        opts += ["--threads", str(args.threads)]
     if args.what == "essays":
         opts += ["--segment-tokens", "2048"]
     opts += ["--topk", str(args.topk or (256 if args.what == "essays" else 1024))]
@@ -203,6 +206,7 @@ def main() -> None:
     env = {
         "platform": platform.platform(),
         "cpu_threads": os.cpu_count(),
+        "threads": args.threads,
         "dtype": args.dtype,
         "model": args.model,
         "command": "python bench/questions.py " + " ".join(sys.argv[1:]),

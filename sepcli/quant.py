@@ -157,7 +157,26 @@ def quantize_linears(model: nn.Module, tokenizer, head: bool = True) -> int:
         quantised = Int8Linear(module, act_max)
         quantised.tied = module.weight is embedding  # an int8 copy of the embedding (LM head)
         setattr(owner, attr, quantised)
+    _own_what_stays_fp32(model)
     return len(targets)
+
+
+@torch.no_grad()
+def _own_what_stays_fp32(model: nn.Module) -> None:
+    """Copy the tensors that stay fp32 (embeddings, norms) out of the loaded checkpoint's memory
+    map: while any of them points into it, the map of every fp32 weight stays resident (~540 MB
+    for the embedded model), though the int8 layers no longer read it."""
+    from sepcli.memory import return_freed_memory
+
+    for module in model.modules():
+        if isinstance(module, Int8Linear):
+            continue
+        for p in module.parameters(recurse=False):
+            p.data = p.data.clone()
+        for name, buf in module.named_buffers(recurse=False):
+            if buf is not None:
+                setattr(module, name, buf.clone())
+    return_freed_memory()
 
 
 def is_int8(model: nn.Module) -> bool:

@@ -257,7 +257,7 @@ def long_plot(args) -> None:
         ax2.set_ylabel("RSS MiB", color="tab:red")
         ax2.set_ylim(0, max(r["rss_mb"] for r in marks) * 1.2)
         ax.set_title(
-            f"sepcli generate, {head['model']} {head['dtype']}, sepllm c={capacity}, "
+            f"sepcli generate, {head['model']} {head['dtype']}, sepllm, capacity {capacity}, "
             f"{head['threads']} thread(s)"
         )
         ax.legend(loc="lower left")

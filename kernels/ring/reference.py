@@ -40,18 +40,24 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     return out
 
 
+# Read every slot in place once at least this share of the ring is in use.
+FULL_ENOUGH = 0.75
+
+
 @dataclass(frozen=True)
 class RingPlan:
     """What every layer of one forward shares: the slots in use and the RoPE tables.
 
-    idx : [L] slots in use; kpos : [L] their cache positions; k_cos, k_sin : [L, R];
+    idx : [L] slots in use, or None to read every slot in place (no gather) when the ring is
+    nearly full, its empty slots masked; kpos : [L] cache positions of the slots read (an
+    empty slot's is 0; ``visible`` masks it); k_cos, k_sin : [L, R];
     q_cos, q_sin : [C, R]; visible : [C, L] bool, key position <= query position;
     blind : some query sees no slot at all (its output must be zeroed);
     bias : None, or ``visible`` as an additive mask (0 / -inf) in the attention dtype, which
     spares SDPA converting the bool mask in every layer.
     """
 
-    idx: torch.Tensor
+    idx: torch.Tensor | None
     kpos: torch.Tensor
     k_cos: torch.Tensor
     k_sin: torch.Tensor
@@ -72,11 +78,19 @@ def plan_ring(
     """Build once per forward, pass to every layer's call (same result, 30x fewer RoPE tables).
 
     ``dtype``: the queries' dtype, to precompute the additive mask (``RingPlan.bias``)."""
-    idx = (slot_pos >= 0).nonzero().squeeze(-1)  # (L,) slots actually in use
-    kpos = slot_pos[idx]
+    used = slot_pos >= 0
+    n_used = int(used.sum())
+    if n_used >= FULL_ENOUGH * slot_pos.numel():
+        # Nearly full (a ring in steady state): read the slots where they lie and mask the few
+        # empty ones, rather than gather the used ones into a copy in every layer.
+        idx, kpos = None, slot_pos.clamp_min(0)
+        visible = used[None, :] & (slot_pos[None, :] <= q_pos[:, None])
+    else:
+        idx = used.nonzero().squeeze(-1)  # (L,) slots actually in use
+        kpos = slot_pos[idx]
+        visible = kpos[None, :] <= q_pos[:, None]
     kc, ks = rope_cos_sin(kpos, inv_freq, rope_scale)
     qc, qs = rope_cos_sin(q_pos, inv_freq, rope_scale)
-    visible = kpos[None, :] <= q_pos[:, None]
     blind = bool(q_pos.numel()) and not bool(visible.any(-1).all())
     bias = None
     if dtype is not None:
@@ -116,8 +130,9 @@ def ring_attention_reference(
     """
     if plan is None:
         plan = plan_ring(slot_pos, q_pos, inv_freq, rope_scale)
-    k = k_ring.index_select(2, plan.idx)  # (B, Hkv, L, D)
-    v = v_ring.index_select(2, plan.idx)
+    k, v = k_ring, v_ring  # (B, Hkv, S, D)
+    if plan.idx is not None:
+        k, v = k.index_select(2, plan.idx), v.index_select(2, plan.idx)  # (B, Hkv, L, D)
     k = rotate(k, plan.k_cos, plan.k_sin)
     qr = rotate(q, plan.q_cos, plan.q_sin)
     mask = plan.bias if plan.bias is not None and plan.bias.dtype == q.dtype else plan.visible

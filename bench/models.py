@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from sepcli.models import cpu_has_bf16_matmul, load_model
+from sepcli.models import cpu_has_amx, load_model
 
 from common import machine
 
@@ -51,7 +51,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in speeds.items()}
     result = {
         **machine(),
-        "cpu_bf16_matmul": cpu_has_bf16_matmul(),
+        "cpu_amx": cpu_has_amx(),
         "load_first_s": round(first.load_s, 2),
         "load_cached_s": round(cached.load_s, 2),
         "tokens_per_forward": args.tokens,

@@ -15,13 +15,14 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 QUANT_DTYPES = {"int8": torch.float32}
 
 
-def cpu_has_bf16_matmul() -> bool:
-    """True when the CPU has native bf16 dot products (AMX or AVX512-BF16)."""
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bf16 tiles (``amx_bf16`` in /proc/cpuinfo): the one CPU where
+    bf16 matmuls beat the int8 path (AVX512-BF16 alone does not, docs/models.md)."""
     try:
         flags = Path("/proc/cpuinfo").read_text().split()
     except OSError:
         return False
-    return any(f in flags for f in ("amx_bf16", "avx512_bf16"))
+    return "amx_bf16" in flags
 
 
 def resolve_device(device: str) -> torch.device:
@@ -35,13 +36,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """The --dtype name to load with. auto: bf16 on CUDA, bf16 on a CPU with native bf16
-    matmul, int8 on another CPU that runs it (faster than fp32 within 1% perplexity, see
-    docs/models.md), else fp32."""
+    """The --dtype name to load with. auto: bf16 on CUDA and on a CPU with AMX; int8 on another
+    CPU that runs it (faster than fp32 and than AVX512-BF16, within 1% perplexity: see
+    docs/models.md); else fp32."""
     from sepcli.quant import int8_supported
 
     if dtype == "auto":
-        if device.type == "cuda" or cpu_has_bf16_matmul():
+        if device.type == "cuda" or cpu_has_amx():
             return "bf16"
         return "int8" if int8_supported(device) is None else "fp32"
     if dtype in QUANT_DTYPES:

@@ -51,7 +51,7 @@ def test_needle_in_a_document_over_the_context_is_found_across_segments(real_mod
 
 @pytest.mark.real
 def test_one_reading_answers_two_questions_like_separate_runs(real_model):
-    """The embedded model (dtype auto): a 2K-token document read once serves two questions;
+    """The embedded model (fp32, the fixture's): a 2K-token document read once serves two questions;
     kept tokens and greedy answers equal separate runs'."""
     from sepcli.gemfilter.prompt import encode_document
     from sepcli.gemfilter.reading import make_reading

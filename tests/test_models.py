@@ -58,11 +58,28 @@ def test_unknown_hub_id_fails_fast_offline():
         load_model("sepcli-test/definitely-not-cached")
 
 
+@pytest.mark.parametrize(
+    "flags, amx",
+    [("avx512f avx512_bf16 avx512_vnni", False), ("avx512_bf16 amx_bf16 amx_tile", True)],
+)
+def test_only_amx_counts_as_a_bf16_cpu(monkeypatch, flags, amx):
+    # AVX512-BF16 alone loses to int8 (docs/models.md), so auto picks int8 there.
+    class FakePath:
+        def __init__(self, name):
+            assert name == "/proc/cpuinfo"
+
+        def read_text(self):
+            return f"processor : 0\nflags : fpu sse2 {flags}\n"
+
+    monkeypatch.setattr(runtime, "Path", FakePath)
+    assert runtime.cpu_has_amx() is amx
+
+
 def test_auto_dtype_follows_hardware(monkeypatch):
     cpu = torch.device("cpu")
-    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: True)
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
     assert resolve_dtype("auto", cpu) == "bf16"
-    monkeypatch.setattr(runtime, "cpu_has_bf16_matmul", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
     assert resolve_dtype("auto", cpu) == ("int8" if int8_supported(cpu) is None else "fp32")
     assert resolve_dtype("auto", torch.device("cuda")) == "bf16"
     assert resolve_dtype("fp16", cpu) == "fp16"

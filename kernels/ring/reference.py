@@ -48,9 +48,11 @@ FULL_ENOUGH = 0.75
 class RingPlan:
     """What every layer of one forward shares: the slots in use and the RoPE tables.
 
-    idx : [L] slots in use, or None to read every slot in place (no gather) when the ring is
-    nearly full, its empty slots masked; kpos : [L] cache positions of the slots read (an
-    empty slot's is 0; ``visible`` masks it); k_cos, k_sin : [L, R];
+    idx : [L] slots in use, gathered in every layer; or None to read the ring's first ``span``
+    slots in place (no copy): when the slots in use are exactly the first ones (a ring that has
+    not wrapped yet), or when the ring is nearly full (``span`` = S, empty slots masked);
+    kpos : [L] cache positions of the slots read (an empty slot's is 0; ``visible`` masks it);
+    k_cos, k_sin : [L, R];
     q_cos, q_sin : [C, R]; visible : [C, L] bool, key position <= query position;
     blind : some query sees no slot at all (its output must be zeroed);
     bias : None, or ``visible`` as an additive mask (0 / -inf) in the attention dtype, which
@@ -66,6 +68,7 @@ class RingPlan:
     visible: torch.Tensor
     blind: bool
     bias: torch.Tensor | None = None
+    span: int = 0
 
 
 def plan_ring(
@@ -80,10 +83,14 @@ def plan_ring(
     ``dtype``: the queries' dtype, to precompute the additive mask (``RingPlan.bias``)."""
     used = slot_pos >= 0
     n_used = int(used.sum())
-    if n_used >= FULL_ENOUGH * slot_pos.numel():
+    idx, span = None, n_used
+    if bool(used[:n_used].all()):  # the first n_used slots: read them in place, the same keys
+        kpos = slot_pos[:n_used]
+        visible = kpos[None, :] <= q_pos[:, None]
+    elif n_used >= FULL_ENOUGH * slot_pos.numel():
         # Nearly full (a ring in steady state): read the slots where they lie and mask the few
         # empty ones, rather than gather the used ones into a copy in every layer.
-        idx, kpos = None, slot_pos.clamp_min(0)
+        span, kpos = slot_pos.numel(), slot_pos.clamp_min(0)
         visible = used[None, :] & (slot_pos[None, :] <= q_pos[:, None])
     else:
         idx = used.nonzero().squeeze(-1)  # (L,) slots actually in use
@@ -96,7 +103,7 @@ def plan_ring(
     if dtype is not None:
         bias = torch.zeros(visible.shape, dtype=dtype, device=visible.device)
         bias.masked_fill_(~visible, float("-inf"))
-    return RingPlan(idx, kpos, kc, ks, qc, qs, visible, blind, bias)
+    return RingPlan(idx, kpos, kc, ks, qc, qs, visible, blind, bias, span)
 
 
 def ring_attention_reference(
@@ -130,9 +137,10 @@ def ring_attention_reference(
     """
     if plan is None:
         plan = plan_ring(slot_pos, q_pos, inv_freq, rope_scale)
-    k, v = k_ring, v_ring  # (B, Hkv, S, D)
-    if plan.idx is not None:
-        k, v = k.index_select(2, plan.idx), v.index_select(2, plan.idx)  # (B, Hkv, L, D)
+    if plan.idx is None:
+        k, v = k_ring[:, :, : plan.span], v_ring[:, :, : plan.span]  # views: (B, Hkv, L, D)
+    else:
+        k, v = k_ring.index_select(2, plan.idx), v_ring.index_select(2, plan.idx)
     k = rotate(k, plan.k_cos, plan.k_sin)
     qr = rotate(q, plan.q_cos, plan.q_sin)
     mask = plan.bias if plan.bias is not None and plan.bias.dtype == q.dtype else plan.visible

@@ -507,7 +507,7 @@ def main() -> None:
     p.add_argument("--prompt-tokens", type=int, default=128)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--out", default=str(RESULTS / "generate-speed.json"))
+    p.add_argument("--out", default=str(RESULTS / "generate-speed-fp32.json"))
     p.set_defaults(fn=speed_run)
 
     p = sub.add_parser("long", help="tens of thousands of tokens far past the context")

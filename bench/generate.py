@@ -154,8 +154,20 @@ def long_run(args) -> None:
     engine = StreamEngine(lm.model, cfg, separator_mask(lm.tokenizer), score=False)
     sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
     decoder = Decoder(engine, lm.tokenizer, sampling, stop_ids(lm.model, lm.tokenizer))
-    for _ in decoder.prefill([essay_ids(lm.tokenizer, args.prompt_tokens)]):
+    prompt = essay_ids(lm.tokenizer, args.prompt_tokens)
+    for _ in decoder.prefill([prompt]):
         pass
+    # The control: a second decoder on its own ring, same prompt and config, that stays near
+    # the start of its text. In the last --paired tokens of every block the two step in turn,
+    # one token each, so the ratio of their rates is what the long one's position costs,
+    # whatever else the machine runs.
+    ref_engine = StreamEngine(lm.model, cfg, separator_mask(lm.tokenizer), score=False)
+    ref = Decoder(ref_engine, lm.tokenizer, sampling, stop_ids(lm.model, lm.tokenizer))
+    for _ in ref.prefill([prompt]):
+        pass
+    ref_steps = ref.decode(0, ignore_eos=True)  # 0: no limit
+    for _ in range(100):  # past the point where its ring fills
+        next(ref_steps)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     head = {
@@ -166,6 +178,7 @@ def long_run(args) -> None:
         "generate": GenerateConfig(args.new_tokens, ignore_eos=True, sampling=sampling).to_dict(),
         "prompt_tokens": args.prompt_tokens,
         "every": args.every,
+        "paired": args.paired,
         "context_length": engine.shape.context_length,
         **machine(),
     }
@@ -175,22 +188,40 @@ def long_run(args) -> None:
         t0 = last = time.perf_counter()
         cpu_last = time.process_time()
         chars = 0
-        for i, tok in enumerate(decoder.decode(args.new_tokens, ignore_eos=True), start=1):
+        t_long = t_ref = 0.0
+        steps = decoder.decode(args.new_tokens, ignore_eos=True)
+        for i in range(1, args.new_tokens + 1):
+            paired = (i - 1) % args.every >= args.every - args.paired
+            t = time.perf_counter()
+            tok = next(steps)
+            if paired:
+                t1 = time.perf_counter()
+                next(ref_steps)
+                t_long, t_ref = t_long + t1 - t, t_ref + time.perf_counter() - t1
             chars += len(tok.text)
             if i % args.every == 0:
                 now, cpu_now = time.perf_counter(), time.process_time()
+                spent, cpu_spent = (
+                    now - last - t_ref,
+                    cpu_now - cpu_last - t_ref,
+                )  # less the control's
                 row = {
                     "tokens": i,
-                    "tok_per_s": round(args.every / (now - last), 3),
+                    "tok_per_s": round(args.every / spent, 3),
                     # CPU seconds of this process: what the engine costs per token, whatever
                     # else runs on the machine (wall-clock rates follow the load)
-                    "cpu_tok_per_s": round(args.every / (cpu_now - cpu_last), 3),
+                    "cpu_tok_per_s": round(args.every / cpu_spent, 3),
                     "elapsed_s": round(now - t0, 2),
                     "rss_mb": round(rss_mb(), 1),
                     "cache_used": engine.ring.used,
                     "seen": engine.seen,
                     "chars": chars,
+                    # the paired tokens: this decoder and the control, stepping in turn
+                    "paired_tok_per_s": round(args.paired / t_long, 3),
+                    "control_tok_per_s": round(args.paired / t_ref, 3),
+                    "control_seen": ref_engine.seen,
                 }
+                t_long = t_ref = 0.0
                 f.write(json.dumps(row) + "\n")
                 f.flush()
                 last, cpu_last = now, cpu_now
@@ -224,6 +255,23 @@ def long_plot(args) -> None:
             if "cpu_tok_per_s" in first
             else {}
         ),
+        **(
+            {
+                "first_block_paired_ratio": round(
+                    first["paired_tok_per_s"] / first["control_tok_per_s"], 3
+                ),
+                "last_block_paired_ratio": round(
+                    lastr["paired_tok_per_s"] / lastr["control_tok_per_s"], 3
+                ),
+                "paired_ratio_last_over_first": round(
+                    (lastr["paired_tok_per_s"] / lastr["control_tok_per_s"])
+                    / (first["paired_tok_per_s"] / first["control_tok_per_s"]),
+                    3,
+                ),
+            }
+            if "paired_tok_per_s" in first
+            else {}
+        ),
         "rss_first_mb": first["rss_mb"],
         "rss_last_mb": lastr["rss_mb"],
         "rss_max_over_min": round(max(rss) / min(rss), 4),
@@ -247,6 +295,14 @@ def long_plot(args) -> None:
                 [r["cpu_tok_per_s"] for r in marks],
                 color="tab:green",
                 label="tok/s (per CPU second of this process)",
+            )
+        if "paired_tok_per_s" in marks[0]:
+            ax.plot(
+                x,
+                [r["paired_tok_per_s"] / r["control_tok_per_s"] * 10 for r in marks],
+                color="black",
+                ls="--",
+                label="x10: this run / control near the start, stepping in turn",
             )
         ax.set_xlabel("tokens generated")
         ax.set_ylabel("decode tokens/s (per 1,000)", color="tab:blue")
@@ -517,6 +573,9 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=50_000)
     p.add_argument("--prompt-tokens", type=int, default=256)
     p.add_argument("--every", type=int, default=1000)
+    p.add_argument(
+        "--paired", type=int, default=100, help="tokens per block timed against the control"
+    )
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--top-p", type=float, default=0.95)
     p.add_argument("--seed", type=int, default=0)

@@ -87,7 +87,7 @@ def hf_token_loop(lm, ids, cache) -> float:
     evaluations loop."""
     t0 = time.perf_counter()
     for tok in ids:
-        lm.model(torch.tensor([[tok]]), past_key_values=cache, use_cache=True)
+        lm.model(torch.tensor([[tok]]), cache=cache, use_cache=True)
     return time.perf_counter() - t0
 
 

@@ -156,7 +156,8 @@ class StreamEngine:
         if self.last_logits is not None:
             first = F.cross_entropy(self.last_logits[None], ids[:1], reduction="none")
             nll = torch.cat((first, nll))
-        self.last_logits = logits[-1].float()
+        # a copy: a view of the row would keep the chunk's whole [P, vocab] logits alive
+        self.last_logits = logits[-1].float().clone()
         return nll
 
     # ------------------------------------------------------------------ checkpointing

@@ -17,7 +17,8 @@ import time
 
 import torch
 
-from sepcli.models import cpu_has_amx, load_model
+from sepcli.models import load_model
+from sepcli.runtime import cpu_has_amx
 
 from common import machine
 

@@ -23,11 +23,10 @@ import torch
 
 from sepcli.errors import ModelError, UnsupportedModelError
 from sepcli.files import folder_atomic
-from sepcli.runtime import (  # noqa: F401 - cpu_has_amx: bench/models.py reads it here
+from sepcli.runtime import (
     DTYPE_NAMES,
     DTYPES,
     QUANT_DTYPES,
-    cpu_has_amx,
     resolve_device,
     resolve_dtype,
 )

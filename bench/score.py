@@ -243,7 +243,7 @@ def memory(args) -> dict:
         del big, filler
         cache = ["--window", "1024", "--chunk", "1024", "--capacity", "1200", "--sep", "64"]
         base = [sys.executable, "-m", "sepcli", "score", "--model", str(model_dir)]
-        base += ["--dtype", "fp32", *cache]
+        base += ["--dtype", "fp32", "--threads", str(args.threads), *cache]
         runs = {}
         for name, path in (("without", without), ("with", with_big)):
             with open(tmp / f"{name}.out", "w") as out:
@@ -261,6 +261,7 @@ def memory(args) -> dict:
         "model": "tiny random Llama (1 layer, hidden 16, SmolLM2 tokenizer), fp32",
         "big_document_mb": args.big_mb,
         "cache": cache,
+        "threads": args.threads,
         "runs": runs,
         "rss_ratio_with_vs_without": round(
             runs["with"]["peak_rss_mb"] / runs["without"]["peak_rss_mb"], 3
@@ -288,6 +289,7 @@ def main() -> None:
     m = sub.add_parser("memory")
     m.add_argument("--big-mb", type=int, default=20)
     m.add_argument("--total-mb", type=int, default=50)
+    m.add_argument("--threads", type=int, default=1, help="sepcli score's --threads")
     m.add_argument("--out", default=str(RESULTS / "score-memory.json"))
     args = ap.parse_args()
     result = throughput(args) if args.what == "throughput" else memory(args)

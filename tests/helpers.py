@@ -113,3 +113,18 @@ def tiny_model_folder(tmp_path_factory, tokenizer, name: str, seed: int) -> str:
     ).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return str(folder)
+
+
+@torch.no_grad()
+def round_to_q4_1(model, group: int = 32) -> None:
+    """Round every decoder-layer linear weight to GGUF Q4_1's grid, in place, as llama.cpp's
+    quantiser does: per group of ``group`` inputs, step = (max - min) / 15 and
+    w = min + step * round((w - min) / step). What a GGUF Q4_1 file dequantises to."""
+    for layer in model.model.layers:
+        for module in layer.modules():
+            if isinstance(module, torch.nn.Linear):
+                w = module.weight
+                g = w.reshape(w.shape[0], -1, group)
+                low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
+                step = (high - low) / 15
+                w.copy_((low + step * ((g - low) / step).round()).reshape(w.shape))

@@ -13,12 +13,19 @@ from typer.testing import CliRunner
 
 from sepcli.cli import app
 from sepcli.errors import ModelError
-from sepcli.quant import Int8Linear, int8_supported, is_int8, quantize_linears
+from sepcli.quant import (
+    GROUP,
+    Int8Linear,
+    exact_int4,
+    int8_supported,
+    is_int8,
+    quantize_linears,
+)
 from sepcli.runtime import physical_cores, resolve_dtype
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essays_text
-from tests.helpers import build_tiny_llama
+from tests.helpers import SHARP, build_tiny_family, build_tiny_llama, round_to_q4_1
 
 pytestmark = pytest.mark.skipif(
     int8_supported(torch.device("cpu")) is not None, reason="no int8 CPU path in this torch"
@@ -188,3 +195,91 @@ def test_embedded_model_int8_perplexity_within_one_percent(real_model, seps):
         ppl[name] = math.exp(nll.mean().item())
     print(ppl)
     assert abs(ppl["int8"] / ppl["fp32"] - 1) < 0.01
+
+
+# ------------------------------------------------------------------ 4-bit weights, one token
+
+
+def test_exact_int4_takes_q4_1_weights_and_refuses_others():
+    gen = torch.Generator().manual_seed(SEED)
+    print(f"seed {SEED}")
+    lin = nn.Linear(96, 48, bias=False)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(48, 96, generator=gen) * 0.05)
+    plain = lin.weight.detach().clone()
+    model = nn.Module()
+    model.model = nn.Module()
+    model.model.layers = nn.ModuleList([nn.Sequential(lin)])
+    round_to_q4_1(model)
+    packed = exact_int4(lin.weight.detach())
+    assert packed is not None
+    x = torch.randn(1, 96, generator=gen)
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x.to(torch.bfloat16), packed[0], GROUP, packed[1]
+    ).float()
+    ref = x @ lin.weight.detach().T
+    print("relative error", ((y - ref).norm() / ref.norm()).item())
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-2  # bf16 activations and scales
+    assert exact_int4(plain) is None  # 4 bits would round it
+    assert exact_int4(plain[:, :80]) is None  # inputs not a multiple of the group
+
+
+def q4_model(tokenizer, family="llama", seed=SEED):
+    """A tiny model of ``family`` with Q4_1-gridded layer weights, quantised."""
+    model = build_tiny_family(family, len(tokenizer), seed=seed, initializer_range=SHARP)
+    round_to_q4_1(model)
+    quantize_linears(model, tokenizer)
+    return model
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
+def test_one_token_step_equals_the_general_path(tokenizer, seps, ids, family):
+    print(f"seed {SEED}")
+    model = q4_model(tokenizer, family)
+    cfg = StreamConfig(init=2, sep=8, window=32, capacity=64, chunk=16)
+    fast, general = StreamEngine(model, cfg, seps), StreamEngine(model, cfg, seps)
+    assert fast.one_token is not None
+    general.one_token = None
+    for engine in (fast, general):
+        list(engine.run([ids[:40]]))
+    worst = 0.0
+    for t in ids[40:240]:  # one at a time, past 3 wraps of the 64-slot ring
+        a, b = fast.feed([t]), general.feed([t])
+        assert a.nll_sum == pytest.approx(b.nll_sum, rel=1e-5, abs=1e-6)
+        worst = max(worst, (fast.last_logits - general.last_logits).abs().max().item())
+    print("largest logit difference", worst)
+    assert worst < 1e-4
+    assert torch.equal(fast.ring.text_idx, general.ring.text_idx)  # the same tokens kept
+
+
+@pytest.mark.parametrize("family", ["qwen3", "phi3"])
+def test_one_token_path_declines_other_blocks(tokenizer, seps, family):
+    model = q4_model(tokenizer, family)  # Qwen3's q/k norms, Phi-3's fused projections
+    cfg = StreamConfig(init=2, sep=8, window=32, capacity=64, chunk=16)
+    assert StreamEngine(model, cfg, seps).one_token is None
+
+
+def test_one_token_path_is_only_for_exact_4bit_layers(tokenizer, seps):
+    cfg = StreamConfig(init=2, sep=8, window=32, capacity=64, chunk=16)
+    plain = build_tiny_llama(len(tokenizer), layers=2, hidden=64, seed=SEED)
+    quantize_linears(plain, tokenizer)  # int8, but its weights are not 4-bit
+    fp32 = build_tiny_llama(len(tokenizer), layers=2, hidden=64, seed=SEED)
+    round_to_q4_1(fp32)  # 4-bit values, but not quantised
+    for model in (plain, fp32):
+        assert StreamEngine(model, cfg, seps).one_token is None
+
+
+def test_one_token_decode_stays_close_to_fp32(tokenizer, seps, ids):
+    """Scoring one token at a time on the 4-bit path against the same Q4_1 weights in fp32."""
+    print(f"seed {SEED}")
+    fp32 = build_tiny_family("llama", len(tokenizer), seed=SEED, initializer_range=SHARP)
+    round_to_q4_1(fp32)
+    quantised = q4_model(tokenizer)
+    cfg = StreamConfig(init=2, sep=8, window=32, capacity=64, chunk=1)
+    nll = {}
+    for name, model in (("fp32", fp32), ("int4", quantised)):
+        engine = StreamEngine(model, cfg, seps)
+        nll[name] = torch.cat([s.nll for s in engine.run([ids[:200]])])
+    ppl = {k: math.exp(v.mean().item()) for k, v in nll.items()}
+    print(ppl)
+    assert abs(ppl["int4"] / ppl["fp32"] - 1) < 0.01

@@ -29,6 +29,7 @@ from sepcli import arch
 from sepcli.stream.checkpoint import TokenDigest
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.methods import ChunkPlan, make_method
+from sepcli.stream.one_token import OneToken
 from sepcli.stream.ring import RingKV
 
 
@@ -84,6 +85,7 @@ class StreamEngine:
         self.capacity = self.method.ring_slots(self.shape.context_length)
         self.separators = separators.to(self.device)
         self.ring = RingKV.for_model(self.shape, self.capacity, self.device, self.dtype)
+        self.one_token = OneToken.for_model(model, self.shape)  # None: every chunk goes one way
         self.seen = 0  # tokens fed so far = text index of the next token
         self.fed = TokenDigest()  # digest of those tokens: a resume checks its input against it
         self.last_logits: torch.Tensor | None = None  # [vocab] fp32: the prediction after `seen`
@@ -137,6 +139,8 @@ class StreamEngine:
 
     def _forward(self, ids: torch.Tensor, plan: ChunkPlan) -> torch.Tensor:
         """One pass of the decoder layers over a chunk ids [P]; -> last hidden states [1, P, hidden]."""
+        if len(ids) == 1 and self.one_token is not None:
+            return self.one_token.forward(ids, plan, self.ring)
         h = arch.embed(self.model, ids[None])  # (1, P, hidden)
         for i, layer in enumerate(self.layers):
             q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), self.shape)  # (1, H, P, D)

@@ -1,8 +1,8 @@
 """Benchmarks of `sepcli score` (numbers in docs/score.md come from here).
 
     python bench/score.py throughput [--lines 1400] [--paragraphs 600] [--essays 8]
-                                     [--batch-tokens 4096] [--one-every 1]
-    python bench/score.py memory     [--big-mb 20] [--total-mb 50]
+                                     [--batch-tokens N] [--one-every 1] [--dtype fp32]
+    python bench/score.py memory     [--big-mb 20] [--total-mb 50] [--threads 1]
 
 throughput: one corpus of real documents of mixed length (the bundled essays cut into lines and
 paragraphs, and whole essays longer than the cache), scored side by side in one process by three
@@ -142,9 +142,10 @@ def throughput(args) -> dict:
         path = Path(tmp) / "corpus.jsonl"
         path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs))
         job = ScoreRecords(loaded=lm, config=config, batch_tokens=args.batch_tokens)
+        batch_tokens = job.scorer.batch_tokens  # the baseline batches as sepcli score does
         contenders = {
             "sepcli_score": lambda: (run_score(job, path), tokens),
-            "padded_truncated": lambda: run_padded(lm, docs, args.batch_tokens, context),
+            "padded_truncated": lambda: run_padded(lm, docs, batch_tokens, context),
             "one_at_a_time": lambda: (
                 run_one_at_a_time(lm, docs[:: args.one_every], config, seps),
                 sum(lengths[:: args.one_every]),
@@ -172,26 +173,25 @@ def throughput(args) -> dict:
             ours["docs_per_s"] / results["one_at_a_time"]["docs_per_s"], 2
         ),
     }
-    rel = [
-        abs(a - b) / abs(b)
-        for a, b in zip(
-            scores["sepcli_score"][:: args.one_every], scores["one_at_a_time"], strict=True
-        )
-    ]
+    pairs = list(
+        zip(scores["sepcli_score"][:: args.one_every], scores["one_at_a_time"], strict=True)
+    )
+    rel = [abs(a - b) / abs(b) for a, b in pairs]
     return {
         "bench": "score-throughput",
         "model": lm.name,
-        "dtype": str(lm.dtype),
+        "dtype": lm.dtype_name,
         "threads": torch.get_num_threads(),
         "machine": f"{os.cpu_count()} CPU cores",
         "documents": len(docs),
         "tokens": tokens,
         "longer_than_cache": sum(n + 1 > capacity for n in lengths),
         "config": config.to_dict(),
-        "batch_tokens": args.batch_tokens,
+        "batch_tokens": batch_tokens,
         "results": results,
         "ratios": ratios,
         "max_rel_diff_score_vs_one_at_a_time": max(rel),
+        "max_abs_diff_nll_score_vs_one_at_a_time": max(abs(a - b) for a, b in pairs),
     }
 
 
@@ -278,7 +278,7 @@ def main() -> None:
     t.add_argument("--lines", type=int, default=1400)
     t.add_argument("--paragraphs", type=int, default=600)
     t.add_argument("--essays", type=int, default=8)
-    t.add_argument("--batch-tokens", type=int, default=4096)
+    t.add_argument("--batch-tokens", type=int, default=None, help="default: sepcli score's")
     t.add_argument(
         "--one-every",
         type=int,

@@ -35,6 +35,7 @@ from sepcli.errors import ModelError
 
 ALPHA = 0.5  # SmoothQuant migration strength: half of the outlier range moves to the weights
 GROUP = 32  # input channels per 4-bit scale and zero: a GGUF Q4_0/Q4_1 block
+_CHECK_ROWS = 1024
 
 # A mix of prose, numbers, code and dialogue: the channels that carry outliers are a property of
 # the model, not of the text, so a few hundred tokens of anything find them.
@@ -103,9 +104,10 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         if self.weight_int4 is not None and x.numel() == self.in_features:  # one token
-            y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-                x.reshape(1, -1).to(torch.bfloat16), self.weight_int4, GROUP, self.int4_scale_zero
-            ).float()
+            y = int4_matmul(
+                x.reshape(1, -1).to(torch.bfloat16), self.weight_int4, self.int4_scale_zero
+            )
+            y = y.float()
             if self.bias is not None:
                 y = y + self.bias
             return y.reshape(*lead, self.out_features)
@@ -124,6 +126,11 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8{four}"
 
 
+def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
+    """bf16 x [rows, in] times a weight packed by :func:`exact_int4` -> bf16 [rows, out]."""
+    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, scale_zero)
+
+
 def exact_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
     """weight [out, in] fp32 as packed 4-bit codes and [in/32, out, 2] bf16 (scale, zero) for
     ``_weight_int4pack_mm_for_cpu``, when it holds exactly 16 evenly spaced levels per group of
@@ -136,16 +143,21 @@ def exact_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
     out, n_in = weight.shape
     if n_in % GROUP or out % 16:  # the packing takes whole groups and 16 outputs at a time
         return None
-    groups = weight.reshape(out, n_in // GROUP, GROUP)
-    low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
-    step = (high - low) / 15
-    codes = ((groups - low) / step.clamp_min(1e-30)).round().clamp_(0, 15)
-    if ((codes * step + low - groups).abs() > 1e-3 * step + 1e-7 * groups.abs()).any():
-        return None
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(
-        codes.to(torch.int32).reshape(out, n_in), 1
-    )
-    scale_zero = torch.stack((step, low + 8 * step), dim=-1)[:, :, 0]  # (out, in/32, 2)
+    codes = torch.empty(out, n_in, dtype=torch.int32)
+    scale_zero = torch.empty(out, n_in // GROUP, 2)
+    # A block of rows at a time: an LM head that is not 4-bit fails in its first block, before
+    # temporaries the size of its weight pile up.
+    for start in range(0, out, _CHECK_ROWS):
+        rows = slice(start, start + _CHECK_ROWS)
+        groups = weight[rows].reshape(-1, n_in // GROUP, GROUP)
+        low, high = groups.amin(-1, keepdim=True), groups.amax(-1, keepdim=True)
+        step = (high - low) / 15
+        block = ((groups - low) / step.clamp_min(1e-30)).round_().clamp_(0, 15)
+        if ((block * step + low - groups).abs() > 1e-3 * step + 1e-7 * groups.abs()).any():
+            return None
+        codes[rows] = block.reshape(-1, n_in).to(torch.int32)
+        scale_zero[rows] = torch.cat((step, low + 8 * step), dim=-1)
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     return packed, scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
 
 

@@ -43,7 +43,7 @@ from sepcli.commands.interrupt import StopFlag
 from sepcli.errors import ConfigError, InputError
 from sepcli.score.job import ScoreRecords, batches
 from sepcli.score.records import ReadCounts, check_inputs, input_bytes, read_records
-from sepcli.score.scorer import BATCH_TOKENS
+from sepcli.score.scorer import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
 
 
 def parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -92,8 +92,13 @@ def score(
         ),
     ] = False,
     batch_tokens: Annotated[
-        int, typer.Option("--batch-tokens", help="Padded tokens per forward of short documents.")
-    ] = BATCH_TOKENS,
+        int | None,
+        typer.Option(
+            "--batch-tokens",
+            help="Padded tokens per forward of short documents "
+            f"(default: {CPU_BATCH_TOKENS} on a CPU, {GPU_BATCH_TOKENS} on a GPU).",
+        ),
+    ] = None,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -125,7 +130,7 @@ def score(
     where = parse_shard(shard)
     if skip < 0:
         raise ConfigError(f"--skip must be >= 0, got {skip}")
-    if batch_tokens < 1:
+    if batch_tokens is not None and batch_tokens < 1:
         raise ConfigError(f"--batch-tokens must be >= 1, got {batch_tokens}")
     if not field or any(not part for part in field.split(".")):
         raise ConfigError(f"--field must name a field (dotted: a.b), got {field!r}")
@@ -167,7 +172,7 @@ def score(
             "field": None if lines else field,
             "shard": shard,
             "skip": skip or None,
-            "batch_tokens": batch_tokens,
+            "batch_tokens": job.scorer.batch_tokens,
         },
     )
     counts = ReadCounts()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from sepcli.errors import ContextLimitError
 from sepcli.models import LoadedModel, load_model
 from sepcli.score.records import ReadCounts, Record, parse_json_line, render, score_fields
-from sepcli.score.scorer import BATCH_TOKENS, DocScore, DocScorer
+from sepcli.score.scorer import DocScore, DocScorer
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 
@@ -48,7 +48,8 @@ class ScoreRecords:
     config : the cache for documents longer than it (a StreamConfig or its ``to_dict()``).
     field : dotted field of a JSON line that holds the document.
     prefix : put before the added field names (``tokens``, ``nll``, ``ppl``, ``error``).
-    batch_tokens : padded tokens per forward for documents that fit the cache.
+    batch_tokens : padded tokens per forward for documents that fit the cache (None: by
+        device, :func:`sepcli.score.scorer.default_batch_tokens`).
     loaded : an already loaded model (the CLI loads it with a spinner).
     """
 
@@ -61,7 +62,7 @@ class ScoreRecords:
         config: StreamConfig | dict | None = None,
         field: str = "text",
         prefix: str = "",
-        batch_tokens: int = BATCH_TOKENS,
+        batch_tokens: int | None = None,
         loaded: LoadedModel | None = None,
     ):
         self.lm = loaded if loaded is not None else load_model(model, device=device, dtype=dtype)

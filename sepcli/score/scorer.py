@@ -31,9 +31,18 @@ from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.stream.reader import MAX_PENDING_CHARS, safe_cut, start_token
 
-# Padded tokens (batch x longest) per forward of the short-document path. bench/score.py
-# measured 2048/4096/8192 side by side on CPU; see docs/score.md.
-BATCH_TOKENS = 4096
+# Padded tokens (batch x longest) per forward of the short-document path, by device. On a CPU
+# small batches win: a forward's activations then stay in the core's L2 cache (256 tokens:
+# 525-583 tok/s int8, 269 fp32; 4096: 359-399 int8, 208 fp32; docs/score.md). A GPU wants
+# large ones; 4096 is not measured there (no GPU was lent).
+CPU_BATCH_TOKENS = 256
+GPU_BATCH_TOKENS = 4096
+
+
+def default_batch_tokens(device: torch.device) -> int:
+    return CPU_BATCH_TOKENS if device.type == "cpu" else GPU_BATCH_TOKENS
+
+
 # Rows of logits computed at once ([rows, vocab] fp32: 1024 x 49152 x 4 B = 192 MiB).
 LOGIT_ROWS = 1024
 # Texts longer than this many characters are tokenized in pieces while they stream.
@@ -90,7 +99,8 @@ class DocScorer:
     tokenizer : its tokenizer.
     config : the ring used for documents longer than the cache (as ``sepcli stream``).
     separators : [vocab] bool lookup of separator ids (:func:`sepcli.separators.separator_mask`).
-    batch_tokens : padded tokens per forward of the short-document path.
+    batch_tokens : padded tokens per forward of the short-document path (None: by device,
+        :func:`default_batch_tokens`).
     """
 
     def __init__(
@@ -99,14 +109,14 @@ class DocScorer:
         tokenizer,
         config: StreamConfig,
         separators: torch.Tensor,
-        batch_tokens: int = BATCH_TOKENS,
+        batch_tokens: int | None = None,
     ):
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.separators = separators
-        self.batch_tokens = batch_tokens
         self.head = start_token(tokenizer)
         self.capacity = self._ring().capacity  # the cache a document must fit in
         self.device = next(model.parameters()).device
+        self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
 
     def _ring(self) -> StreamEngine:
         return StreamEngine(self.model, self.config, self.separators)

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from sepcli import arch
-from sepcli.quant import GROUP, Int8Linear
+from sepcli.quant import Int8Linear, int4_matmul
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -44,7 +44,7 @@ class _Int4:
         )
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.aten._weight_int4pack_mm_for_cpu(x, self.packed, GROUP, self.scale_zero)
+        return int4_matmul(x, self.packed, self.scale_zero)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = self.raw(x).float()
@@ -75,7 +75,9 @@ def _eligible(layer) -> bool:
     if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
         return False
     norms = (layer.input_layernorm, layer.post_attention_layernorm)
-    if any(not hasattr(n, "variance_epsilon") or getattr(n, "bias", None) is not None for n in norms):
+    if any(
+        not hasattr(n, "variance_epsilon") or getattr(n, "bias", None) is not None for n in norms
+    ):
         return False
     return layer.post_attention_layernorm.variance_epsilon == layer.input_layernorm.variance_epsilon
 

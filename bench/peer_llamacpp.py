@@ -34,17 +34,16 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the install
+import torch
 
-import torch  # noqa: E402
+from sepcli.models import embedded_gguf_path, load_model
+from sepcli.separators import separator_mask
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.engine import StreamEngine
+from sepcli.stream.reader import start_token
+from sepcli.texts import essays_text
 
-from sepcli.models import embedded_gguf_path, load_model  # noqa: E402
-from sepcli.separators import separator_mask  # noqa: E402
-from sepcli.stream.config import StreamConfig  # noqa: E402
-from sepcli.stream.engine import StreamEngine  # noqa: E402
-from sepcli.stream.reader import start_token  # noqa: E402
-from sepcli.texts import essays_text  # noqa: E402
+from common import ROOT
 
 PACKAGE = "llama-cpp-python"
 TARGETS = ("llama-perplexity", "llama-bench")

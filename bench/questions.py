@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results"
+from common import RESULTS, ROOT
 
 # Held needles of the NIAH grid (3-5) plus the calibration ones, asked directly, and four
 # paraphrases of the held ones: ten questions.

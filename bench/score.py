@@ -23,6 +23,7 @@ Set OMP_NUM_THREADS to pin the thread count. Results JSON go to bench/results/.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -32,24 +33,22 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run from a checkout without relying on the install
+import torch
+import torch.nn.functional as F
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
+from sepcli.models import load_model
+from sepcli.score.job import ScoreRecords, batches
+from sepcli.score.records import ReadCounts, read_records
+from sepcli.separators import separator_mask
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.engine import StreamEngine
+from sepcli.texts import essay_paths
 
-from sepcli.models import load_model  # noqa: E402
-from sepcli.score.job import ScoreRecords, batches  # noqa: E402
-from sepcli.score.records import ReadCounts, read_records  # noqa: E402
-from sepcli.separators import separator_mask  # noqa: E402
-from sepcli.stream.config import StreamConfig  # noqa: E402
-from sepcli.stream.engine import StreamEngine  # noqa: E402
-from sepcli.texts import essay_paths  # noqa: E402
+from common import RESULTS, ROOT
 
 if "OMP_NUM_THREADS" in os.environ:
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-RESULTS = ROOT / "bench" / "results"
 # The essays run paragraphs together ("...end.Next paragraph"): a paragraph ends where a
 # sentence end is followed directly by a capital letter, or at a blank line.
 PARAGRAPH_END = re.compile(r"(?<=[.?!\"\)\]])(?=[A-Z\[])|\n\s*\n")
@@ -208,9 +207,21 @@ def peak_rss_of(cmd: list[str], stdout) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
+def test_helper(name: str):
+    """A function of the test suite's tests/helpers.py, loaded by its path (the tests folder is
+    not an installed package)."""
+    spec = importlib.util.spec_from_file_location(
+        "sepcli_test_helpers", ROOT / "tests" / "helpers.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 def memory(args) -> dict:
     from sepcli.models import load_tokenizer
-    from tests.helpers import build_tiny_llama
+
+    build_tiny_llama = test_helper("build_tiny_llama")
 
     tok = load_tokenizer("smollm2")
     essays = [p.read_text(encoding="utf-8", errors="replace") for p in essay_paths()]

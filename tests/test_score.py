@@ -11,7 +11,13 @@ import torch
 import torch.nn.functional as F
 
 from sepcli.score import scorer as scorer_module
-from sepcli.score.scorer import DocScorer, text_pieces
+from sepcli.score.scorer import (
+    CPU_BATCH_TOKENS,
+    GPU_BATCH_TOKENS,
+    DocScorer,
+    default_batch_tokens,
+    text_pieces,
+)
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
@@ -114,6 +120,13 @@ def test_batching_changes_nothing(model, tokenizer, docs):
         one = alone.score([text])[0]
         assert got.tokens == one.tokens
         assert math.isclose(got.nll_sum, one.nll_sum, rel_tol=1e-6, abs_tol=1e-6)
+
+
+def test_batch_tokens_default_by_device(model, tokenizer):
+    seps = separator_mask(tokenizer)
+    assert DocScorer(model, tokenizer, CONFIG, seps).batch_tokens == CPU_BATCH_TOKENS
+    assert DocScorer(model, tokenizer, CONFIG, seps, batch_tokens=77).batch_tokens == 77
+    assert default_batch_tokens(torch.device("cuda")) == GPU_BATCH_TOKENS > CPU_BATCH_TOKENS
 
 
 def test_empty_and_one_token_documents(scorer, model, tokenizer):

@@ -9,9 +9,10 @@ module calls per layer as in the 4-bit matmuls themselves. :class:`OneToken` run
     x = rms_norm(h) -> q, k, v = 4-bit matmuls -> plan.attend (the ring, as for any chunk)
     h = h + o(attn);  x = rms_norm(h);  h = h + down(silu(gate(x)) * up(x))
 
-with the activations going into each 4-bit matmul in bf16 (as ``Int8Linear`` does for one token)
-and the gate and up products staying bf16 until they are multiplied. Attention, eviction and
-RoPE stay with the cache method's plan, so the ring is handled by one piece of code.
+with the activations going into each 4-bit matmul in bf16 and its result taken back to fp32, as
+``Int8Linear`` does for one token, so both paths compute the same numbers (tested to the last
+bit). Attention, eviction and RoPE stay with the cache method's plan, so the ring is handled by
+one piece of code.
 
 It serves a model whose every layer's projections hold exact 4-bit weights
 (:func:`sepcli.quant.exact_int4`: a GGUF Q4_1 model under ``--dtype int8``), with RMSNorm and a

@@ -104,12 +104,8 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
         if self.weight_int4 is not None and x.numel() == self.in_features:  # one token
-            y = int4_matmul(
-                x.reshape(1, -1).to(torch.bfloat16), self.weight_int4, self.int4_scale_zero
-            )
-            y = y.float()
-            if self.bias is not None:
-                y = y + self.bias
+            x = x.reshape(1, -1).to(torch.bfloat16)
+            y = int4_linear(x, self.weight_int4, self.int4_scale_zero, self.bias)
             return y.reshape(*lead, self.out_features)
         x = x.reshape(-1, self.in_features).float() * self.inv_smooth  # (tokens, in)
         row = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127  # (tokens, 1)
@@ -129,6 +125,14 @@ class Int8Linear(nn.Module):
 def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
     """bf16 x [rows, in] times a weight packed by :func:`exact_int4` -> bf16 [rows, out]."""
     return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, scale_zero)
+
+
+def int4_linear(
+    x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """The layer's one-token output: :func:`int4_matmul` taken to fp32, plus the fp32 bias."""
+    y = int4_matmul(x, packed, scale_zero).float()
+    return y if bias is None else y + bias
 
 
 def exact_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:

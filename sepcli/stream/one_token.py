@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from sepcli import arch
-from sepcli.quant import Int8Linear, int4_matmul
+from sepcli.quant import Int8Linear, int4_linear, int4_matmul
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
@@ -48,8 +48,7 @@ class _Int4:
         return int4_matmul(x, self.packed, self.scale_zero)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.raw(x).float()
-        return y if self.bias is None else y + self.bias
+        return int4_linear(x, self.packed, self.scale_zero, self.bias)
 
 
 class _Layer:

@@ -207,7 +207,7 @@ def peak_rss_of(cmd: list[str], stdout) -> tuple[float, float]:
     return usage.ru_maxrss / 1024, time.perf_counter() - start
 
 
-def test_helper(name: str):
+def load_test_helper(name: str):
     """A function of the test suite's tests/helpers.py, loaded by its path (the tests folder is
     not an installed package)."""
     spec = importlib.util.spec_from_file_location(
@@ -221,7 +221,7 @@ def test_helper(name: str):
 def memory(args) -> dict:
     from sepcli.models import load_tokenizer
 
-    build_tiny_llama = test_helper("build_tiny_llama")
+    build_tiny_llama = load_test_helper("build_tiny_llama")
 
     tok = load_tokenizer("smollm2")
     essays = [p.read_text(encoding="utf-8", errors="replace") for p in essay_paths()]

@@ -2,6 +2,7 @@
 
     python bench/score.py throughput [--lines 1400] [--paragraphs 600] [--essays 8]
                                      [--batch-tokens N] [--one-every 1] [--dtype fp32]
+    python bench/score.py batch-sizes [--dtype int8] [--sizes 128,256,512,1024,4096] [--rounds 2]
     python bench/score.py memory     [--big-mb 20] [--total-mb 50] [--threads 1]
 
 throughput: one corpus of real documents of mixed length (the bundled essays cut into lines and
@@ -194,6 +195,36 @@ def throughput(args) -> dict:
     }
 
 
+# ---------------------------------------------------------------------------- batch sizes
+
+
+def batch_sizes(args) -> dict:
+    """tokens/s of the short-document path (DocScorer) for each --batch-tokens, in rounds."""
+    from sepcli.score.scorer import DocScorer
+
+    lm = load_model(args.model, device="cpu", dtype=args.dtype)
+    config = StreamConfig()
+    seps = separator_mask(lm.tokenizer)
+    docs = corpus(lm.tokenizer, args.lines, args.paragraphs, 0, config.capacity)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    rates: dict[int, list[float]] = {n: [] for n in sizes}
+    for _ in range(args.rounds):
+        for n in sizes:
+            scorer = DocScorer(lm.model, lm.tokenizer, config, seps, batch_tokens=n)
+            start = time.perf_counter()
+            scored = sum(s.tokens for s in scorer.score(docs))
+            rates[n].append(round(scored / (time.perf_counter() - start), 1))
+            print(n, rates[n][-1], file=sys.stderr)
+    return {
+        "bench": "score-batch-sizes",
+        "model": lm.name,
+        "dtype": lm.dtype_name,
+        "threads": torch.get_num_threads(),
+        "documents": len(docs),
+        "tokens_per_s_by_batch_tokens": {str(n): r for n, r in rates.items()},
+    }
+
+
 # ---------------------------------------------------------------------------- memory
 
 
@@ -302,8 +333,17 @@ def main() -> None:
     m.add_argument("--total-mb", type=int, default=50)
     m.add_argument("--threads", type=int, default=1, help="sepcli score's --threads")
     m.add_argument("--out", default=str(RESULTS / "score-memory.json"))
+    b = sub.add_parser("batch-sizes")
+    b.add_argument("--model", default="smollm2")
+    b.add_argument("--dtype", default="int8")
+    b.add_argument("--lines", type=int, default=350)
+    b.add_argument("--paragraphs", type=int, default=150)
+    b.add_argument("--sizes", default="128,256,512,1024,4096")
+    b.add_argument("--rounds", type=int, default=2)
+    b.add_argument("--out", default=str(RESULTS / "score-batch-sizes.json"))
     args = ap.parse_args()
-    result = throughput(args) if args.what == "throughput" else memory(args)
+    modes = {"throughput": throughput, "batch-sizes": batch_sizes, "memory": memory}
+    result = modes[args.what](args)
     result["command"] = "python bench/score.py " + " ".join(sys.argv[1:])
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

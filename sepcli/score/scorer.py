@@ -33,8 +33,8 @@ from sepcli.stream.reader import MAX_PENDING_CHARS, safe_cut, start_token
 
 # Padded tokens (batch x longest) per forward of the short-document path, by device. On a CPU
 # small batches win: a forward's activations then stay in the core's L2 cache (256 tokens:
-# 525-583 tok/s int8, 269 fp32; 4096: 359-399 int8, 208 fp32; docs/score.md). A GPU wants
-# large ones; 4096 is not measured there (no GPU was lent).
+# 447-514 tok/s int8, 221 fp32; 4096: 305-312 int8, 175 fp32; `bench/score.py batch-sizes`,
+# docs/score.md). A GPU wants large ones; 4096 is not measured there (no GPU was lent).
 CPU_BATCH_TOKENS = 256
 GPU_BATCH_TOKENS = 4096
 

@@ -37,6 +37,7 @@ from pathlib import Path
 import torch
 
 from sepcli.models import embedded_gguf_path, load_model
+from sepcli.quant import decode_kernels
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
@@ -219,7 +220,11 @@ def sepcli_decode(lm, prompt: list[int], tokens: int) -> dict:
         token = int(engine.last_logits.argmax())
         engine.feed([token])
     seconds = time.perf_counter() - t0
-    return {"tok_per_s": round(tokens / seconds, 1), "dtype": lm.dtype_name}
+    return {
+        "tok_per_s": round(tokens / seconds, 1),
+        "dtype": lm.dtype_name,
+        "decode_kernels": decode_kernels(lm.model),
+    }
 
 
 def decode(args) -> dict:

@@ -296,7 +296,7 @@ def load_model(
 
 def describe(lm: LoadedModel) -> dict:
     """The facts `sepcli info` shows, as plain JSON-able values."""
-    from sepcli.quant import int8_weights
+    from sepcli.quant import decode_kernels, int8_weights
     from sepcli.separators import separator_token_ids
 
     cfg = lm.config
@@ -318,6 +318,7 @@ def describe(lm: LoadedModel) -> dict:
         "device": str(lm.device),
         "dtype": lm.dtype_name,
         "threads": lm.threads,
+        "decode_kernels": decode_kernels(lm.model),
         "load_s": round(lm.load_s, 3),
         "from_cache": lm.from_cache,
         "separator_token_ids": separator_token_ids(lm.tokenizer),

@@ -19,17 +19,24 @@ Two things keep the perplexity within 0.1% of fp32 where plain dynamic quantisat
 **One token at a time** (decoding) a layer reads all its weights to make one row, so the step is
 bound by memory, not by arithmetic. A layer whose fp32 weights are exactly 4-bit per group of 32
 (every projection of a GGUF Q4_1 model, dequantised) keeps them a second time as 4-bit codes
-with a scale and zero per group (:func:`exact_int4`), and a one-token input goes through
-``_weight_int4pack_mm_for_cpu`` with bf16 activations: half the bytes of int8 and none of the
-per-token quantisation ops. Chunks keep the int8 GEMM, which is 4x faster than the 4-bit one
-from 8 tokens up.
+with a step and min per group (:func:`exact_int4`), and a one-token input goes through a 4-bit
+product: the C kernel of :mod:`kernels.cpu` (activations quantised per group of 32, integer dot
+products; built once per machine), or where it cannot be built ``_weight_int4pack_mm_for_cpu``
+with bf16 activations. The LM head (int8) takes one token through the C kernel too, with the
+same numbers as the torch path. Chunks keep the int8 GEMM, which is 4x faster than a 4-bit
+product from 8 tokens up.
 """
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 from torch import nn
 
+import kernels.cpu
+from kernels.cpu import Q4Weight, pack_q4, q4_layout_fits
 from sepcli import arch
 from sepcli.errors import ModelError
 
@@ -97,16 +104,45 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight_scale", scale)
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias)
-        int4 = exact_int4(linear.weight.detach().float())
-        self.register_buffer("weight_int4", None if int4 is None else int4[0])
-        self.register_buffer("int4_scale_zero", None if int4 is None else int4[1])
+        # 4-bit copy for one token: decode.c's layout where the C kernels load, else torch's
+        kern, int4 = cpu_kernels(), exact_int4(linear.weight.detach().float())
+        native = int4 is not None and kern is not None and q4_layout_fits(*w.shape)
+        q4 = pack_q4(*int4) if native else None
+        self.register_buffer("q4_codes", None if q4 is None else q4.codes)
+        self.register_buffer("q4_step", None if q4 is None else q4.step)
+        self.register_buffer("q4_min", None if q4 is None else q4.min)
+        packed = torch_int4_pack(*int4) if int4 is not None and not native else None
+        self.register_buffer("weight_int4", None if packed is None else packed[0])
+        self.register_buffer("int4_scale_zero", None if packed is None else packed[1])
+        # the head's one token through the C kernel: xu = q + 128 needs each row's sum
+        sums = None if kern is None else self.weight_int8.sum(dim=1, dtype=torch.int32)
+        self.register_buffer("row_sums", sums)
+        self.kernels = kern  # the C kernels this layer's layout was made for (or None)
+
+    @property
+    def has_int4(self) -> bool:
+        """The layer holds exact 4-bit weights for one-token inputs."""
+        return self.q4_codes is not None or self.weight_int4 is not None
+
+    @property
+    def q4(self) -> Q4Weight | None:
+        """The 4-bit weight in the C kernel's layout, or None."""
+        if self.q4_codes is None:
+            return None
+        return Q4Weight(self.q4_codes, self.q4_step, self.q4_min, self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lead = x.shape[:-1]
-        if self.weight_int4 is not None and x.numel() == self.in_features:  # one token
-            x = x.reshape(1, -1).to(torch.bfloat16)
-            y = int4_linear(x, self.weight_int4, self.int4_scale_zero, self.bias)
-            return y.reshape(*lead, self.out_features)
+        if x.numel() == self.in_features:  # one token
+            if self.has_int4:
+                y = int4_linear(x.reshape(1, -1), self)
+                return y.reshape(*lead, self.out_features)
+            if self.row_sums is not None:
+                y = self.kernels.int8_matvec(
+                    x, self.weight_int8, self.row_sums, self.weight_scale, self.inv_smooth,
+                    self.bias, torch.get_num_threads(),
+                )  # fmt: skip
+                return y.reshape(*lead, self.out_features)
         x = x.reshape(-1, self.in_features).float() * self.inv_smooth  # (tokens, in)
         row = x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-12) / 127  # (tokens, 1)
         xq = x.div(row).round_().to(torch.int8)
@@ -118,37 +154,69 @@ class Int8Linear(nn.Module):
         return y.reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
-        four = ", 4-bit for one token" if self.weight_int4 is not None else ""
+        four = ", 4-bit for one token" if self.has_int4 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8{four}"
 
 
-def int4_matmul(x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor) -> torch.Tensor:
-    """bf16 x [rows, in] times a weight packed by :func:`exact_int4` -> bf16 [rows, out]."""
-    return torch.ops.aten._weight_int4pack_mm_for_cpu(x, packed, GROUP, scale_zero)
+def cpu_kernels() -> kernels.cpu.CpuKernels | None:
+    """The C one-token kernels, built into the user cache on first use; None where they cannot
+    be (:func:`cpu_kernels_missing` says why)."""
+    return kernels.cpu.load(_kernel_dir())
 
 
-def int4_linear(
-    x: torch.Tensor, packed: torch.Tensor, scale_zero: torch.Tensor, bias: torch.Tensor | None
-) -> torch.Tensor:
-    """The layer's one-token output: :func:`int4_matmul` taken to fp32, plus the fp32 bias."""
-    y = int4_matmul(x, packed, scale_zero).float()
-    return y if bias is None else y + bias
+def cpu_kernels_missing() -> str | None:
+    """Why :func:`cpu_kernels` is None, or None."""
+    return kernels.cpu.why_not(_kernel_dir())
 
 
-def exact_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """weight [out, in] fp32 as packed 4-bit codes and [in/32, out, 2] bf16 (scale, zero) for
-    ``_weight_int4pack_mm_for_cpu``, when it holds exactly 16 evenly spaced levels per group of
-    32 inputs, the lowest and highest both used (what GGUF's Q4_1 stores: min + code * step);
-    None for any other weight, which 4 bits would round.
+_KERNEL_ENV = ("SEPCLI_CACHE_DIR", "XDG_CACHE_HOME", "HOME")
+_kernel_dirs: dict[tuple, Path] = {}
 
-    The kernel reads a weight as (code - 8) * scale + zero; scales and zeros are bf16, so the
-    weight it uses is within bf16 rounding of the original (about 0.4% of a group's step).
-    """
+
+def _kernel_dir() -> Path:
+    """The kernels' cache folder (asked on every one-token call: the user cache's rule is only
+    re-run when its variables change)."""
+    key = tuple(os.environ.get(name) for name in _KERNEL_ENV)
+    if key not in _kernel_dirs:
+        from sepcli.models import cache_dir  # here: sepcli.models imports this module's users
+
+        _kernel_dirs[key] = cache_dir() / "kernels"
+    return _kernel_dirs[key]
+
+
+def int4_linear(x: torch.Tensor, layer: Int8Linear) -> torch.Tensor:
+    """One token through a layer's 4-bit weight: x [1, in] fp32 -> [1, out] fp32 (plus bias).
+    The C kernel where the layer holds its layout, else torch's kernel on bf16 activations."""
+    q4 = layer.q4
+    if q4 is not None:
+        return layer.kernels.q4_matvec(x, q4, torch.get_num_threads())[None]
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(
+        x.to(torch.bfloat16), layer.weight_int4, GROUP, layer.int4_scale_zero
+    ).float()
+    return y if layer.bias is None else y + layer.bias
+
+
+def torch_int4_pack(
+    codes: torch.Tensor, step: torch.Tensor, low: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`exact_int4`'s codes for ``_weight_int4pack_mm_for_cpu``: packed codes and
+    [in/32, out, 2] bf16 (scale, zero); the kernel reads (code - 8) * scale + zero, so the
+    weight it uses is within bf16 rounding of the original (about 0.4% of a group's step)."""
+    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes.to(torch.int32), 1)
+    scale_zero = torch.stack((step, low + 8 * step), dim=-1)  # (out, in/32, 2)
+    return packed, scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
+
+
+def exact_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """weight [out, in] fp32 -> (codes [out, in] uint8 0..15, step, low [out, in/32] fp32) with
+    weight = low + code * step per group of 32 inputs, when it holds exactly 16 evenly spaced
+    levels per group, the lowest and highest both used (what GGUF's Q4_1 stores: min + code *
+    step); None for any other weight, which 4 bits would round."""
     out, n_in = weight.shape
-    if n_in % GROUP or out % 16:  # the packing takes whole groups and 16 outputs at a time
+    if n_in % GROUP or out % 16:  # whole groups; torch's packing takes 16 outputs at a time
         return None
-    codes = torch.empty(out, n_in, dtype=torch.int32)
-    scale_zero = torch.empty(out, n_in // GROUP, 2)
+    codes = torch.empty(out, n_in, dtype=torch.uint8)
+    step_low = torch.empty(out, n_in // GROUP, 2)
     # A block of rows at a time: an LM head that is not 4-bit fails in its first block, before
     # temporaries the size of its weight pile up.
     for start in range(0, out, _CHECK_ROWS):
@@ -159,10 +227,9 @@ def exact_int4(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None
         block = ((groups - low) / step.clamp_min(1e-30)).round_().clamp_(0, 15)
         if ((block * step + low - groups).abs() > 1e-3 * step + 1e-7 * groups.abs()).any():
             return None
-        codes[rows] = block.reshape(-1, n_in).to(torch.int32)
-        scale_zero[rows] = torch.cat((step, low + 8 * step), dim=-1)
-    packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
-    return packed, scale_zero.transpose(0, 1).contiguous().to(torch.bfloat16)
+        codes[rows] = block.reshape(-1, n_in).to(torch.uint8)
+        step_low[rows] = torch.cat((step, low), dim=-1)
+    return codes, step_low[..., 0].contiguous(), step_low[..., 1].contiguous()
 
 
 def _targets(model: nn.Module, head: bool) -> list[tuple[nn.Module, str, nn.Linear]]:
@@ -243,6 +310,21 @@ def _own_what_stays_fp32(model: nn.Module) -> None:
 def is_int8(model: nn.Module) -> bool:
     """True when :func:`quantize_linears` has been applied to ``model``."""
     return any(isinstance(m, Int8Linear) for m in model.modules())
+
+
+def decode_kernels(model: nn.Module) -> str:
+    """What one token at a time (decoding) runs on, in words, for `sepcli info`."""
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear)]
+    if not layers:
+        return "torch"
+    kern = cpu_kernels()
+    build = "portable C" if kern is None or not kern.vnni else "AVX512-VNNI"
+    if any(m.q4 is not None for m in layers):
+        return f"C kernels ({build}): 4-bit weights, int8 head"
+    missing = "" if kern is not None else f" ({cpu_kernels_missing()})"
+    if any(m.weight_int4 is not None for m in layers):
+        return f"torch's 4-bit kernel{missing}"
+    return f"C int8 kernels ({build})" if kern is not None else f"torch int8{missing}"
 
 
 def int8_weights(model: nn.Module) -> int:

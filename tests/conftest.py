@@ -11,6 +11,7 @@ import torch
 
 from sepcli.models import load_model, load_tokenizer
 from sepcli.separators import separator_mask
+from sepcli.texts import essays_text
 
 from helpers import build_tiny_llama
 
@@ -43,3 +44,10 @@ def tiny_llama(tokenizer):
 def real_model():
     """The embedded SmolLM2-135M-Instruct in fp32 on CPU (for the `real` tests)."""
     return load_model("smollm2", device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def essay_ids(tokenizer):
+    """BOS + the first 300 tokens of the essays: real text for the tiny models."""
+    text = tokenizer(essays_text(max_chars=1500), add_special_tokens=False)["input_ids"]
+    return [tokenizer.bos_token_id] + text[:300]

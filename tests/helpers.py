@@ -71,8 +71,8 @@ def build_tiny_family(
         max_position_embeddings=512,
         tie_word_embeddings=True,
         attn_implementation=attn_implementation,
-        **extra,
     )
+    common.update(extra)  # e.g. a hidden size the 4-bit C kernel takes (a multiple of 64)
     classes = {
         "llama": ("LlamaConfig", "LlamaForCausalLM", {}),
         "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", {}),
@@ -119,12 +119,15 @@ def tiny_model_folder(tmp_path_factory, tokenizer, name: str, seed: int) -> str:
 def round_to_q4_1(model, group: int = 32) -> None:
     """Round every decoder-layer linear weight to GGUF Q4_1's grid, in place, as llama.cpp's
     quantiser does: per group of ``group`` inputs, step = (max - min) / 15 and
-    w = min + step * round((w - min) / step). What a GGUF Q4_1 file dequantises to."""
+    w = min + step * round((w - min) / step), with step and min stored in fp16 (the file's d
+    and m). What a GGUF Q4_1 file dequantises to."""
     for layer in model.model.layers:
         for module in layer.modules():
             if isinstance(module, torch.nn.Linear):
                 w = module.weight
                 g = w.reshape(w.shape[0], -1, group)
                 low, high = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
-                step = (high - low) / 15
-                w.copy_((low + step * ((g - low) / step).round()).reshape(w.shape))
+                step = ((high - low) / 15).half().float()
+                low = low.half().float()
+                codes = ((g - low) / step).round().clamp(0, 15)
+                w.copy_((low + step * codes).reshape(w.shape))

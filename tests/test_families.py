@@ -10,15 +10,13 @@ import torch
 
 from sepcli.gemfilter.filter import filter_scores
 from sepcli.stream.config import StreamConfig
-from sepcli.texts import essays_text
 
 from helpers import FAMILIES, SHARP, build_tiny_family, hf_nll, run_engine
 
 
 @pytest.fixture(scope="module")
-def ids(tokenizer):
-    text = tokenizer(essays_text(max_chars=1500), add_special_tokens=False)["input_ids"]
-    return [tokenizer.bos_token_id] + text[:160]
+def ids(essay_ids):
+    return essay_ids[:161]
 
 
 @torch.inference_mode()

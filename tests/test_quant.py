@@ -20,6 +20,7 @@ from sepcli.quant import (
     int8_supported,
     is_int8,
     quantize_linears,
+    torch_int4_pack,
 )
 from sepcli.runtime import physical_cores, resolve_dtype
 from sepcli.stream.config import StreamConfig
@@ -70,10 +71,8 @@ def test_int8_linear_matches_the_naive_quantised_matmul(tokens, inp, out, bias):
 
 
 @pytest.fixture(scope="module")
-def ids(tokenizer):
-    return [tokenizer.bos_token_id] + tokenizer(
-        essays_text(max_chars=1500), add_special_tokens=False
-    )["input_ids"][:300]
+def ids(essay_ids):
+    return essay_ids
 
 
 def test_tiny_model_int8_stays_close_to_fp32(tokenizer, seps, ids):
@@ -125,6 +124,9 @@ def test_info_reports_int8_and_threads(tiny_dir):
     )
     assert facts["parameters"] == fp32["parameters"]  # packed int8 weights are still counted
     assert fp32["dtype"] == "fp32" and fp32["threads"] == physical_cores()  # the default
+    # not a 4-bit model: its int8 layers take one token through the C int8 kernel
+    assert facts["decode_kernels"].startswith("C int8 kernels"), facts["decode_kernels"]
+    assert fp32["decode_kernels"] == "torch"
 
 
 @pytest.mark.parametrize(
@@ -200,9 +202,10 @@ def test_embedded_model_int8_perplexity_within_one_percent(real_model, seps):
     # the one-token step. Scored one token at a time (the fp32 reference in one chunk: any
     # chunk size gives the same scores).
     quantised = [m for m in int8.model.modules() if isinstance(m, Int8Linear)]
-    assert sum(m.weight_int4 is not None for m in quantised) == len(quantised) - 1  # not the head
+    assert sum(m.has_int4 for m in quantised) == len(quantised) - 1  # not the head
     one = StreamEngine(int8.model, StreamConfig(chunk=1), seps)
     assert one.one_token is not None
+    assert one.one_token.native is not None  # the C step (tests/test_cpu_kernels.py)
     short = ids[:200]
     nll = {
         "fp32": torch.cat(
@@ -229,15 +232,22 @@ def test_exact_int4_takes_q4_1_weights_and_refuses_others():
     model.model = nn.Module()
     model.model.layers = nn.ModuleList([nn.Sequential(lin)])
     round_to_q4_1(model)
-    packed = exact_int4(lin.weight.detach())
-    assert packed is not None
+    w = lin.weight.detach()
+    found = exact_int4(w)
+    assert found is not None
+    codes, step, low = found
+    assert int(codes.min()) == 0 and int(codes.max()) == 15
+    back = low.repeat_interleave(GROUP, 1) + codes.float() * step.repeat_interleave(GROUP, 1)
+    assert (back - w).abs().max().item() <= 1e-6  # the grid itself, not an approximation
+    # torch's kernel (where the C kernels are missing) on its packing: bf16 activations, scales
     x = torch.randn(1, 96, generator=gen)
+    packed, scale_zero = torch_int4_pack(*found)
     y = torch.ops.aten._weight_int4pack_mm_for_cpu(
-        x.to(torch.bfloat16), packed[0], GROUP, packed[1]
+        x.to(torch.bfloat16), packed, GROUP, scale_zero
     ).float()
-    ref = x @ lin.weight.detach().T
+    ref = x @ w.T
     print("relative error", ((y - ref).norm() / ref.norm()).item())
-    assert ((y - ref).norm() / ref.norm()).item() < 1e-2  # bf16 activations and scales
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-2
     assert exact_int4(plain) is None  # 4 bits would round it
     assert exact_int4(plain[:, :80]) is None  # inputs not a multiple of the group
 

@@ -176,6 +176,8 @@ class StreamEngine:
 
     def load_state_dict(self, state: dict) -> None:
         self.ring.load_state_dict(state["ring"])
+        if self.one_token is not None:
+            self.one_token.reset()
         self.seen = int(state["seen"])
         logits = state.get("last_logits", state.get("carry"))  # older checkpoints call it "carry"
         self.last_logits = None if logits is None else logits.to(self.device, torch.float32)

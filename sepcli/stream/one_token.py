@@ -2,17 +2,22 @@
 
 Feeding one token (a decode step) makes each layer's work a few matrix-vector products and some
 vector arithmetic. In eager PyTorch the general path (:meth:`StreamEngine._forward`, through the
-HF modules and :class:`~sepcli.quant.Int8Linear`) spends about as long in ~100 small ops and
-module calls per layer as in the 4-bit matmuls themselves. :class:`OneToken` runs the same block
-(the shape in :mod:`sepcli.arch`) straight from each layer's tensors:
+HF modules and :class:`~sepcli.quant.Int8Linear`) spends longer in ~100 small ops and module
+calls per layer than in the 4-bit products themselves. :class:`OneToken` runs the same block
+(the shape in :mod:`sepcli.arch`):
 
-    x = rms_norm(h) -> q, k, v = 4-bit matmuls -> plan.attend (the ring, as for any chunk)
+    x = rms_norm(h) -> q, k, v = 4-bit products -> attention over the ring
     h = h + o(attn);  x = rms_norm(h);  h = h + down(silu(gate(x)) * up(x))
 
-with the activations going into each 4-bit matmul in bf16 and its result taken back to fp32, as
-``Int8Linear`` does for one token, so both paths compute the same numbers (tested to the last
-bit). Attention, eviction and RoPE stay with the cache method's plan, so the ring is handled by
-one piece of code.
+two ways:
+
+* **C** (:mod:`kernels.cpu`, where its kernels are used): every layer in one call, for a token
+  whose plan attends at cache positions (sepllm, full: ``plan.single_step()``). The call writes
+  the token's k, v into the ring itself and keeps every slot's key rotated to its cache
+  position in :attr:`OneToken.k_rot`, rotating only the new key while no slot moves.
+* **torch**: the block from each layer's tensors, with the same 4-bit products as
+  ``Int8Linear`` and the method's own ``plan.attend``, so the ring is handled by one piece of
+  code; it gives the general path's numbers.
 
 It serves a model whose every layer's projections hold exact 4-bit weights
 (:func:`sepcli.quant.exact_int4`: a GGUF Q4_1 model under ``--dtype int8``), with RMSNorm and a
@@ -25,30 +30,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from kernels.cpu import DecodeStep
+from kernels.ring.reference import rope_cos_sin
 from sepcli import arch
-from sepcli.quant import Int8Linear, int4_linear, int4_matmul
+from sepcli.quant import Int8Linear, int4_linear
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 _MLP = ("gate_proj", "up_proj", "down_proj")
-
-
-class _Int4:
-    """One projection's 4-bit weight: bf16 [1, in] -> [1, out] (bf16, or fp32 plus bias)."""
-
-    __slots__ = ("bias", "packed", "scale_zero")
-
-    def __init__(self, linear: Int8Linear):
-        self.packed, self.scale_zero, self.bias = (
-            linear.weight_int4,
-            linear.int4_scale_zero,
-            linear.bias,
-        )
-
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        return int4_matmul(x, self.packed, self.scale_zero)
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return int4_linear(x, self.packed, self.scale_zero, self.bias)
+_NATIVE = ("q", "k", "v", "o", "gate", "up", "down")
 
 
 class _Layer:
@@ -56,8 +45,8 @@ class _Layer:
 
     def __init__(self, layer):
         attn, mlp = layer.self_attn, layer.mlp
-        self.q, self.k, self.v, self.o = (_Int4(getattr(attn, n)) for n in _PROJECTIONS)
-        self.gate, self.up, self.down = (_Int4(getattr(mlp, n)) for n in _MLP)
+        self.q, self.k, self.v, self.o = (getattr(attn, n) for n in _PROJECTIONS)
+        self.gate, self.up, self.down = (getattr(mlp, n) for n in _MLP)
         self.ln1 = layer.input_layernorm.weight
         self.ln2 = layer.post_attention_layernorm.weight
         self.eps = float(layer.input_layernorm.variance_epsilon)
@@ -70,7 +59,7 @@ def _eligible(layer) -> bool:
     for owner, names in ((attn, _PROJECTIONS), (mlp, _MLP)):
         for name in names:
             m = getattr(owner, name, None)
-            if not isinstance(m, Int8Linear) or m.weight_int4 is None:
+            if not isinstance(m, Int8Linear) or not m.has_int4:
                 return False
     if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
         return False
@@ -87,6 +76,12 @@ class OneToken:
 
     model : a *ForCausalLM after :func:`sepcli.quant.quantize_linears`.
     shape : its :class:`~sepcli.arch.Shape`.
+
+    Where every projection holds the C kernel's layout, a token that attends as the ring-step
+    plans do (sepllm, full) runs the whole stack in one call of ``sep_decode_layers``
+    (:mod:`kernels.cpu`), which keeps each slot's key rotated to its cache position in
+    :attr:`k_rot` and rotates only the new key while no position moves. Other plans (the
+    sliding methods' frames) take the torch step below with the same 4-bit products.
     """
 
     def __init__(self, model, shape: arch.Shape):
@@ -94,6 +89,11 @@ class OneToken:
         self.shape = shape
         self.layers = [_Layer(layer) for layer in arch.decoder_layers(model)]
         self.hidden = int(model.config.hidden_size)
+        self.native = self._native_step(model, shape)
+        self.k_rot: torch.Tensor | None = None  # rotated keys, fp32, per layer and kv head
+        self._rot_pos: torch.Tensor | None = None  # slot positions k_rot was rotated at
+        self._rot_text: torch.Tensor | None = None  # and the tokens the slots held
+        self._tables: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
     def for_model(cls, model, shape: arch.Shape) -> OneToken | None:
@@ -104,19 +104,83 @@ class OneToken:
             return None
         return cls(model, shape)
 
+    def _native_step(self, model, shape: arch.Shape) -> DecodeStep | None:
+        self.kernels = self.layers[0].q.kernels  # the C kernels the layers were packed for
+        if self.kernels is None or shape.head_dim > 512:  # decode.c's RoPE buffer
+            return None
+        layers = []
+        for w in self.layers:
+            q4 = {n: getattr(w, n).q4 for n in _NATIVE}
+            if any(v is None for v in q4.values()):
+                return None
+            layers.append({"ln1": w.ln1, "ln2": w.ln2, **q4})
+        rope = arch.rope_of(model)
+        return DecodeStep.build(
+            layers,
+            hidden=self.hidden,
+            q_heads=shape.q_heads,
+            kv_heads=shape.kv_heads,
+            head_dim=shape.head_dim,
+            inter=layers[0]["gate"].out_features,
+            rot=2 * rope.inv_freq.numel(),
+            eps=self.layers[0].eps,
+            scale=shape.scale,
+        )
+
+    def reset(self) -> None:
+        """Forget the rotated keys (the ring was replaced, e.g. by a checkpoint)."""
+        self._rot_pos = self._rot_text = None
+
     def forward(self, ids: torch.Tensor, plan, ring) -> torch.Tensor:
         """ids [1] -> last hidden states [1, 1, hidden], writing its k, v into ``ring`` through
         ``plan`` (the chunk plan of this one token)."""
-        s, bf16, size = self.shape, torch.bfloat16, (self.hidden,)
+        step = plan.single_step()
+        if self.native is not None and step is not None and ring.k.dtype == torch.float32:
+            return self._native(ids, step, ring)
+        s, size = self.shape, (self.hidden,)
         h = arch.embed(self.model, ids[None])[0]  # (1, hidden)
         for i, w in enumerate(self.layers):
-            x = F.rms_norm(h, size, w.ln1, w.eps).to(bf16)
-            q = w.q(x).view(1, s.q_heads, 1, s.head_dim)
-            k = w.k(x).view(1, s.kv_heads, 1, s.head_dim)
-            v = w.v(x).view(1, s.kv_heads, 1, s.head_dim)
+            x = F.rms_norm(h, size, w.ln1, w.eps)
+            q = int4_linear(x, w.q).view(1, s.q_heads, 1, s.head_dim)
+            k = int4_linear(x, w.k).view(1, s.kv_heads, 1, s.head_dim)
+            v = int4_linear(x, w.v).view(1, s.kv_heads, 1, s.head_dim)
             a = plan.attend(ring, i, q, k, v)  # (1, Hq, 1, D)
-            h = h + w.o(a.reshape(1, -1).to(bf16))
-            x = F.rms_norm(h, size, w.ln2, w.eps).to(bf16)
-            g, u = w.gate.raw(x), w.up.raw(x)
-            h = h + w.down((F.silu(g.float()) * u.float()).to(bf16))
+            h = h + int4_linear(a.reshape(1, -1), w.o)
+            x = F.rms_norm(h, size, w.ln2, w.eps)
+            g, u = int4_linear(x, w.gate), int4_linear(x, w.up)
+            h = h + int4_linear(F.silu(g) * u, w.down)
         return h[None]  # (1, 1, hidden)
+
+    def _native(self, ids: torch.Tensor, step, ring) -> torch.Tensor:
+        """The whole stack in C: the ring's slots at ``step.slot_pos``, the token in
+        ``step.slots[0]`` at ``step.q_pos[0]``."""
+        slot, q_pos = int(step.slots[0]), int(step.q_pos[0])
+        layers, _, kv, slots, d = ring.k.shape
+        blocks = (slots + 15) // 16
+        if self.k_rot is None or self.k_rot.shape != (layers, kv, blocks, d, 16):
+            self.k_rot = torch.zeros(layers, kv, blocks, d, 16)  # decode.c's blocks of 16 slots
+            self.reset()
+        # Keys rotated earlier still hold where every slot keeps its position and its token.
+        pos, text = step.slot_pos, ring.text_idx
+        if self._rot_pos is None:
+            rerotate = True
+        else:
+            same = (pos == self._rot_pos) & (text == self._rot_text)
+            same[slot] = True  # the token's own slot is written now
+            rerotate = not bool(same.all())
+        self._rot_pos, self._rot_text = pos.clone(), text.clone()
+        cos, sin = self._rope_tables(ring.capacity)
+        h = arch.embed(self.model, ids[None])[0, 0].float().contiguous()  # (hidden,)
+        self.kernels.decode_layers(
+            self.native, h, ring.k, ring.v, self.k_rot, pos.contiguous(), slot, q_pos,
+            rerotate, cos, sin, torch.get_num_threads(),
+        )  # fmt: skip
+        return h.view(1, 1, -1)
+
+    def _rope_tables(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [capacity, R] for every cache position."""
+        if self._tables is None or self._tables[0] != capacity:
+            rope = arch.rope_of(self.model)
+            positions = torch.arange(capacity)
+            self._tables = (capacity, *rope_cos_sin(positions, rope.inv_freq, rope.scale))
+        return self._tables[1].contiguous(), self._tables[2].contiguous()

@@ -50,6 +50,11 @@ class ChunkPlan:
         the attention of q [1, Hq, P, D] (pre-RoPE) -> [1, Hq, P, D]."""
         raise NotImplementedError
 
+    def single_step(self) -> _Step | None:
+        """For a chunk of one token that attends over the ring at cache positions: its step
+        (the slot written, the ring's positions), so a fused kernel can run it; else None."""
+        return None
+
 
 @dataclass(frozen=True)
 class _Step:
@@ -69,21 +74,34 @@ class RingSteps(ChunkPlan):
 
     def __init__(self, steps: list[_Step], rope: Rope, scale: float, dtype: torch.dtype, triton):
         self._steps, self._rope, self._scale, self._triton = steps, rope, scale, triton
-        # Slots in use and RoPE tables are the same for every layer: built once (torch path).
-        self._tables = [
-            None if triton else plan_ring(s.slot_pos, s.q_pos, rope.inv_freq, rope.scale, dtype)
-            for s in steps
-        ]
+        self._dtype = dtype
+        self._tables: list | None = None  # built by the first attend: a fused step needs none
         self.peak = max(s.used for s in steps)
         self.steps = len(steps)
         # token j of a step of n that ends with `used` slots in use sees used - n + 1 + j
         total = sum(s.n for s in steps)
         self.mean_seen = sum(s.n * s.used - s.n * (s.n - 1) / 2 for s in steps) / total
 
+    def single_step(self) -> _Step | None:
+        one = len(self._steps) == 1 and self._steps[0].n == 1
+        return self._steps[0] if one else None
+
+    def tables(self) -> list:
+        """Slots in use and RoPE tables per step, the same for every layer: built once."""
+        if self._tables is None:
+            rope = self._rope
+            self._tables = [
+                None
+                if self._triton
+                else plan_ring(s.slot_pos, s.q_pos, rope.inv_freq, rope.scale, self._dtype)
+                for s in self._steps
+            ]
+        return self._tables
+
     def attend(self, ring, layer, q, k, v):
         outs = []
         whole = len(self._steps) == 1
-        for step, table in zip(self._steps, self._tables, strict=True):
+        for step, table in zip(self._steps, self.tables(), strict=True):
             part = slice(step.start, step.start + step.n)
             qs, ks, vs = (q, k, v) if whole else (q[:, :, part], k[:, :, part], v[:, :, part])
             ring.write(layer, step.slots, ks, vs)

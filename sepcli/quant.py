@@ -318,7 +318,7 @@ def decode_kernels(model: nn.Module) -> str:
     if not layers:
         return "torch"
     kern = cpu_kernels()
-    build = "portable C" if kern is None or not kern.vnni else "AVX512-VNNI"
+    build = "?" if kern is None else kern.isa
     if any(m.q4 is not None for m in layers):
         return f"C kernels ({build}): 4-bit weights, int8 head"
     missing = "" if kern is not None else f" ({cpu_kernels_missing()})"

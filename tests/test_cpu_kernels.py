@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 import kernels.cpu
+import sepcli.quant
 from kernels.cpu import pack_q4
 from kernels.cpu.reference import dequantize_q4, q4_matvec_reference
 from sepcli.quant import Int8Linear, cpu_kernels, cpu_kernels_missing, quantize_linears
@@ -47,24 +48,42 @@ def c_kernels_anywhere(monkeypatch):
 def native():
     kern = cpu_kernels()
     assert kern is not None, cpu_kernels_missing()  # every machine we run on has a C compiler
-    print("AVX512-VNNI build:", kern.vnni)
+    print("build:", kern.isa)
     return kern
+
+
+# The other paths of decode.c, built for older x86-64 CPUs (this one runs their code too).
+MARCH = {"avx2": ("x86-64-v3", "AVX2"), "plain": ("x86-64", "plain C")}
 
 
 @pytest.fixture(scope="module")
-def portable(tmp_path_factory):
-    """The same source built without CPU-specific instructions: the plain C loops."""
-    if not X86:
-        pytest.skip("the portable build is -march=x86-64")
-    kern = kernels.cpu.load(tmp_path_factory.mktemp("portable"), portable=True)
-    assert kern is not None and not kern.vnni
-    return kern
+def builds(tmp_path_factory):
+    made = {}
+
+    def get(name: str):
+        if name not in made:
+            march, isa = MARCH[name]
+            if not X86:
+                pytest.skip(f"-march={march} is an x86-64 build")
+            made[name] = kernels.cpu.load(tmp_path_factory.mktemp(name), march=march)
+            assert made[name] is not None and made[name].isa == isa
+        return made[name]
+
+    return get
 
 
-@pytest.mark.parametrize("build", ["native", "portable"])
+def kernels_for(request, build: str):
+    return (
+        request.getfixturevalue("native")
+        if build == "native"
+        else request.getfixturevalue("builds")(build)
+    )
+
+
+@pytest.mark.parametrize("build", ["native", "avx2", "plain"])
 @pytest.mark.parametrize("out,n_in,bias", [(64, 128, False), (192, 256, True), (48, 640, False)])
 def test_q4_matvec_matches_its_reference(request, build, out, n_in, bias):
-    kern = request.getfixturevalue(build)
+    kern = kernels_for(request, build)
     gen = torch.Generator().manual_seed(SEED)
     print(f"seed {SEED}")
     w = random_q4(out, n_in, gen, bias)
@@ -81,11 +100,11 @@ def test_q4_matvec_matches_its_reference(request, build, out, n_in, bias):
     assert torch.equal(kern.q4_matvec(x, w, threads=2), y)  # threads split rows only
 
 
-@pytest.mark.parametrize("build", ["native", "portable"])
+@pytest.mark.parametrize("build", ["native", "avx2", "plain"])
 def test_int8_head_equals_the_torch_path(request, build):
     """One token through an int8 layer in C gives the torch path's numbers exactly (the int32
     sums are exact and the float steps are the same, in the same order)."""
-    kern = request.getfixturevalue(build)
+    kern = kernels_for(request, build)
     gen = torch.Generator().manual_seed(SEED)
     lin = nn.Linear(320, 1000, bias=True)
     with torch.no_grad():
@@ -117,15 +136,22 @@ SHAPES = {
 CFG = StreamConfig(init=2, sep=8, window=32, capacity=64, chunk=16)
 
 
-@pytest.mark.parametrize("family", sorted(SHAPES))
-def test_native_step_tracks_the_torch_step_and_fp32(native, tokenizer, seps, ids, family):
+@pytest.mark.parametrize(
+    "family,build", [(f, "native") for f in sorted(SHAPES)] + [("llama", "avx2"), ("qwen2", "avx2")]
+)
+def test_native_step_tracks_the_torch_step_and_fp32(
+    request, monkeypatch, tokenizer, seps, ids, family, build
+):
     """200 tokens one at a time past 3 compressions of a 64-slot ring: the C step and the torch
     step (same 4-bit products, attention through the plan) err alike against the fp32 model
     of the same Q4_1 weights, and score alike."""
     print(f"seed {SEED}")
+    kern = kernels_for(request, build)
     fp32 = q4_model(tokenizer, family, **SHAPES[family])
     model = q4_model(tokenizer, family, **SHAPES[family])
+    monkeypatch.setattr(sepcli.quant, "cpu_kernels", lambda: kern)  # layers packed for `build`
     quantize_linears(model, tokenizer)
+    assert model.model.layers[0].mlp.up_proj.kernels is kern
     c_step, torch_step, ref = (StreamEngine(m, CFG, seps) for m in (model, model, fp32))
     assert c_step.one_token.native is not None
     torch_step.one_token.native = None
@@ -214,9 +240,10 @@ def test_reference_kernels_on_request(monkeypatch):
     assert cpu_kernels_missing() == "SEPCLI_KERNELS=reference"
 
 
-def test_auto_uses_the_c_kernels_only_with_vnni(native, monkeypatch, tmp_path):
+def test_auto_leaves_out_only_the_plain_build(native, monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCLI_KERNELS", "auto")
-    assert (cpu_kernels() is not None) == native.vnni
-    if X86:  # a build without AVX-512 is left out, and says why
-        assert kernels.cpu.load(tmp_path, portable=True) is None
-        assert "AVX512-VNNI" in kernels.cpu.why_not(tmp_path, portable=True)
+    assert (cpu_kernels() is not None) == (native.isa != "plain C")
+    if X86:
+        assert kernels.cpu.load(tmp_path / "v3", march="x86-64-v3").isa == "AVX2"
+        assert kernels.cpu.load(tmp_path / "plain", march="x86-64") is None  # and says why
+        assert "AVX2" in kernels.cpu.why_not(tmp_path / "plain", march="x86-64")

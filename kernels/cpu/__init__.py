@@ -3,11 +3,12 @@ whole decoder step, loaded with ctypes. Pure-torch references: :mod:`kernels.cpu
 
 The C file is compiled once per machine and source version by the system's C compiler (``$CC``,
 else ``cc``) with ``-O3 -march=native``, into a cache folder the caller names; a process loads it
-once. They are used where the build has AVX512-VNNI: the plain C loops it falls back to
-elsewhere are slower than torch's own kernels (measured in docs/models.md). ``SEPCLI_KERNELS``
-chooses: ``auto`` (that rule), ``c`` (the C kernels whatever the build: for tests) or
-``reference`` (never). Where they are not used, :func:`load` returns None and :func:`why_not`
-says why: callers then run the torch path.
+once. The build has an AVX512-VNNI path, an AVX2 path and plain C loops, chosen by what the
+compiler targets; they are used where the build has one of the first two (the plain loops are
+for CPUs torch's own kernels serve better). ``SEPCLI_KERNELS`` chooses: ``auto`` (that rule),
+``c`` (the C kernels whatever the build: for tests) or ``reference`` (never). Where they are
+not used, :func:`load` returns None and :func:`why_not` says why: callers then run the torch
+path.
 """
 
 from __future__ import annotations
@@ -101,14 +102,16 @@ def _build_key(cc: str, flags: tuple[str, ...]) -> str:
     return h.hexdigest()[:16]
 
 
-def _compile(folder: Path, portable: bool = False) -> Path:
+ISAS = {2: "AVX512-VNNI", 1: "AVX2", 0: "plain C"}  # decode.c's sep_isa()
+
+
+def _compile(folder: Path, march: str = "native") -> Path:
     """Build (or find) the library in ``folder``; raises RuntimeError with the compiler's words.
-    ``portable`` builds for any x86-64 (the plain C loops, no AVX-512): for tests."""
+    ``march``: the CPU to build for; tests build ``x86-64-v3`` (the AVX2 path) and ``x86-64``
+    (the plain loops) besides this machine's."""
     cc = _compiler()
     errors = []
-    base = (
-        tuple(f if f != "-march=native" else "-march=x86-64" for f in FLAGS) if portable else FLAGS
-    )
+    base = tuple(f if f != "-march=native" else f"-march={march}" for f in FLAGS)
     for extra in (("-fopenmp",), ()):  # OpenMP threads when the compiler has them
         flags = (*base, *extra)
         target = folder / f"decode-{_build_key(cc, flags)}.so"
@@ -137,10 +140,10 @@ def _compile(folder: Path, portable: bool = False) -> Path:
     raise RuntimeError("; ".join(errors))
 
 
-def load(cache_dir: Path, portable: bool = False) -> CpuKernels | None:
+def load(cache_dir: Path, march: str = "native") -> CpuKernels | None:
     """The compiled kernels (built into ``cache_dir`` on first use), or None: see :func:`why_not`.
-    ``portable``: the build without CPU-specific instructions (tests compare the two)."""
-    key = _key(cache_dir, portable)
+    ``march``: see :func:`_compile`."""
+    key = _key(cache_dir, march)
     if key in _loaded:
         return _loaded[key]
     lib, mode = None, os.environ.get("SEPCLI_KERNELS", "auto")
@@ -150,23 +153,23 @@ def load(cache_dir: Path, portable: bool = False) -> CpuKernels | None:
         _why[key] = f"no C kernels for {platform.machine()}"
     else:
         try:
-            lib = CpuKernels(ctypes.CDLL(str(_compile(Path(cache_dir), portable))))
+            lib = CpuKernels(ctypes.CDLL(str(_compile(Path(cache_dir), march))))
         except (RuntimeError, OSError) as e:
             _why[key] = f"the C kernels did not build: {e}"
-        if lib is not None and not lib.vnni and mode != "c":
+        if lib is not None and lib.isa == ISAS[0] and mode != "c":
             lib = None
-            _why[key] = "this CPU has no AVX512-VNNI, where torch's kernels are faster"
+            _why[key] = "the C kernels built without AVX2 or AVX512-VNNI here: torch's serve better"
     _loaded[key] = lib
     return lib
 
 
-def why_not(cache_dir: Path, portable: bool = False) -> str | None:
+def why_not(cache_dir: Path, march: str = "native") -> str | None:
     """Why :func:`load` gave None for ``cache_dir`` (None when it loaded or was not asked)."""
-    return _why.get(_key(cache_dir, portable))
+    return _why.get(_key(cache_dir, march))
 
 
-def _key(cache_dir: Path, portable: bool) -> str:
-    return f"{cache_dir}|{os.environ.get('SEPCLI_KERNELS', 'auto')}|{portable}"
+def _key(cache_dir: Path, march: str) -> str:
+    return f"{cache_dir}|{os.environ.get('SEPCLI_KERNELS', 'auto')}|{march}"
 
 
 def _ptr(t: torch.Tensor | None) -> int:
@@ -181,14 +184,14 @@ class CpuKernels:
 
     def __init__(self, lib: ctypes.CDLL):
         self.lib = lib
-        lib.sep_has_vnni.restype = _I
+        lib.sep_isa.restype = _I
         lib.sep_q4_matvec.argtypes = [_P, _P, _P, _P, _I, _I, _P, _P, _I]
         lib.sep_int8_matvec.argtypes = [_P, _P, _P, _P, _P, _I, _I, _P, _P, _I]
         lib.sep_decode_layers.argtypes = [
             _I, _P, _I, _I, _I, _I, _I, _I, _F, _F,  # shape, eps, scale
             _P, _P, _P, _P, _I, _P, _I, _I, _I, _P, _P, _I,  # state, ring, positions, threads
         ]  # fmt: skip
-        self.vnni = bool(lib.sep_has_vnni())
+        self.isa = ISAS[lib.sep_isa()]  # which of decode.c's paths this build has
 
     def q4_matvec(self, x: torch.Tensor, w: Q4Weight, threads: int) -> torch.Tensor:
         """x [in] fp32 -> y [out] fp32 = W x (+ bias), activations quantised per group of 32."""

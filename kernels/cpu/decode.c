@@ -3,7 +3,8 @@
  * (kernels/cpu/__init__.py compiles it once per machine with the system's C compiler).
  *
  * Every product reads its weight once and does integer dot products on int8 activations:
- * AVX512-VNNI (vpdpbusd) where the compiler targets it, a plain loop elsewhere. The pure-torch
+ * AVX512-VNNI (vpdpbusd) or AVX2 (vpmaddubsw) where the compiler targets them, plain loops
+ * elsewhere. The pure-torch
  * references are in kernels/cpu/reference.py.
  *
  * 4-bit weights ("q4"): per output row, per group of 32 inputs, w = min + code * step, codes
@@ -22,10 +23,16 @@
 #include <stdlib.h>
 #include <string.h>
 #if defined(__AVX512F__) && defined(__AVX512VNNI__) && defined(__AVX512VL__) && defined(__F16C__)
-#include <immintrin.h>
-#define SEP_VNNI 1
+#define SEP_ISA 2 /* AVX512-VNNI */
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define SEP_ISA 1 /* AVX2 */
 #else
-#define SEP_VNNI 0
+#define SEP_ISA 0 /* plain C */
+#endif
+#define SEP_VNNI (SEP_ISA == 2)
+#define SEP_AVX2 (SEP_ISA == 1)
+#if SEP_ISA
+#include <immintrin.h>
 #endif
 #ifdef _OPENMP
 #include <omp.h>
@@ -34,9 +41,9 @@
 #define GROUP 32
 #define PREFETCH 1024 /* bytes of codes ahead: measured best of 512..4096 */
 
-int sep_has_vnni(void) { return SEP_VNNI; }
+int sep_isa(void) { return SEP_ISA; } /* 2: AVX512-VNNI, 1: AVX2, 0: plain C */
 
-#if !SEP_VNNI
+#if SEP_ISA == 0
 static float half_to_float(uint16_t h) {
     uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
     if (exp == 0) {
@@ -75,6 +82,33 @@ void sep_quant_groups(const float *x, int n, int8_t *q, float *dx, float *dsum) 
         _mm_storeu_si128((__m128i *)(q + g * GROUP), _mm512_cvtsepi32_epi8(qa));
         _mm_storeu_si128((__m128i *)(q + g * GROUP + 16), _mm512_cvtsepi32_epi8(qb));
         const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+#elif SEP_AVX2
+        const __m256 sign = _mm256_set1_ps(-0.f);
+        __m256 v[4], m = _mm256_setzero_ps();
+        for (int k = 0; k < 4; k++) {
+            v[k] = _mm256_loadu_ps(xg + 8 * k);
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v[k]));
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float amax = _mm_cvtss_f32(m4);
+        const float inv = amax > 1e-30f ? 127.f / amax : 0.f; /* a zero group: zeros */
+        const __m256 iv = _mm256_set1_ps(inv);
+        __m256i i[4], total = _mm256_setzero_si256();
+        for (int k = 0; k < 4; k++) { /* nearest, ties to even */
+            i[k] = _mm256_cvtps_epi32(_mm256_mul_ps(v[k], iv));
+            total = _mm256_add_epi32(total, i[k]);
+        }
+        /* pack 32 int32 to int8: the packs work per 128-bit lane, a permute restores order */
+        const __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i[0], i[1]),
+                                             _mm256_packs_epi32(i[2], i[3]));
+        _mm256_storeu_si256((__m256i *)(q + g * GROUP),
+                            _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
+        t4 = _mm_hadd_epi32(t4, t4);
+        t4 = _mm_hadd_epi32(t4, t4);
+        const int sum = _mm_cvtsi128_si32(t4);
 #else
         float amax = 0.f;
         for (int j = 0; j < GROUP; j++) amax = fmaxf(amax, fabsf(xg[j]));
@@ -133,6 +167,41 @@ static float q4_row(const Q4 *w, int o, const int8_t *q, const float *dx, const 
         }
     }
     const float y = _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));
+#elif SEP_AVX2
+    /* The same pairs of groups, 32 codes a register: vpmaddubsw (codes x q -> int16 pairs,
+     * at most 2 * 15 * 127: no saturation) then vpmaddwd by ones -> int32. */
+    const __m256i low4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps(), accm = _mm256_setzero_ps();
+    for (int g0 = 0; g0 < groups; g0 += 8) {
+        const int n = groups - g0 < 8 ? groups - g0 : 8;
+        uint16_t sh[8] = {0}, mh[8] = {0};
+        float dxs[8] = {0}, dss[8] = {0}, sv[8];
+        memcpy(sh, st + g0, 2 * n), memcpy(mh, mn + g0, 2 * n);
+        memcpy(dxs, dx + g0, 4 * n), memcpy(dss, dsum + g0, 4 * n);
+        _mm256_storeu_ps(sv, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)sh)),
+                                           _mm256_loadu_ps(dxs)));
+        accm = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)mh)),
+                               _mm256_loadu_ps(dss), accm);
+        for (int k = 0; k < n; k += 2) {
+            const int g = g0 + k;
+            _mm_prefetch((const char *)(c + g * 16 + PREFETCH), _MM_HINT_T0);
+            const __m256i raw = _mm256_loadu_si256((const __m256i *)(c + g * 16));
+            const __m256i ca = _mm256_and_si256(raw, low4);
+            const __m256i cb = _mm256_and_si256(_mm256_srli_epi16(raw, 4), low4);
+            const __m256i da = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(ca, _mm256_loadu_si256((const __m256i *)(q + g * GROUP))), ones);
+            const __m256i db = _mm256_madd_epi16(
+                _mm256_maddubs_epi16(cb, _mm256_loadu_si256((const __m256i *)(q + g * GROUP + GROUP))),
+                ones);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sv[k]), _mm256_cvtepi32_ps(da), acc);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(sv[k + 1]), _mm256_cvtepi32_ps(db), acc);
+        }
+    }
+    acc = _mm256_add_ps(acc, accm);
+    __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    a4 = _mm_hadd_ps(a4, a4);
+    a4 = _mm_hadd_ps(a4, a4);
+    const float y = _mm_cvtss_f32(a4);
 #else
     float y = 0.f;
     for (int g = 0; g < groups; g += 2) {
@@ -176,6 +245,7 @@ void sep_q4_matvec(const uint8_t *codes, const uint16_t *step, const uint16_t *m
 void sep_int8_matvec(const int8_t *w, const int32_t *row_sums, const float *scale,
                      const float *inv_smooth, const float *bias, int out, int in, const float *x,
                      float *y, int threads) {
+    (void)row_sums; /* the AVX2 path multiplies signed q and needs no correction */
     float *xs = malloc(sizeof(float) * (size_t)in);
     uint8_t *xu = malloc((size_t)in + 64);
     float amax = 0.f;
@@ -184,7 +254,12 @@ void sep_int8_matvec(const int8_t *w, const int32_t *row_sums, const float *scal
         amax = fmaxf(amax, fabsf(xs[j]));
     }
     float row = fmaxf(amax, 1e-12f) / 127.f; /* torch: amax.clamp_min(1e-12) / 127 */
-    for (int j = 0; j < in; j++) xu[j] = (uint8_t)((int)nearbyintf(xs[j] / row) + 128);
+    int8_t *xq = malloc((size_t)in); /* q itself: the AVX2 path's operand */
+    for (int j = 0; j < in; j++) {
+        const int v = (int)nearbyintf(xs[j] / row);
+        xu[j] = (uint8_t)(v + 128);
+        xq[j] = (int8_t)v;
+    }
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -197,14 +272,33 @@ void sep_int8_matvec(const int8_t *w, const int32_t *row_sums, const float *scal
         for (; j + 64 <= in; j += 64)
             acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(xu + j), _mm512_loadu_si512(wo + j));
         dot = _mm512_reduce_add_epi32(acc);
-#endif
         for (; j < in; j++) dot += (int32_t)xu[j] * wo[j];
         dot -= 128 * row_sums[o]; /* xu = q + 128 */
+#elif SEP_AVX2
+        /* |q| * (w with q's sign): pairs of at most 2 * 127 * 127, no int16 saturation */
+        __m256i acc = _mm256_setzero_si256();
+        const __m256i ones = _mm256_set1_epi16(1);
+        for (; j + 32 <= in; j += 32) {
+            const __m256i xv = _mm256_loadu_si256((const __m256i *)(xq + j));
+            const __m256i wv = _mm256_loadu_si256((const __m256i *)(wo + j));
+            acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(
+                _mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv)), ones));
+        }
+        __m128i a4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+        a4 = _mm_hadd_epi32(a4, a4);
+        a4 = _mm_hadd_epi32(a4, a4);
+        dot = _mm_cvtsi128_si32(a4);
+        for (; j < in; j++) dot += (int32_t)xq[j] * wo[j];
+#else
+        for (; j < in; j++) dot += (int32_t)xu[j] * wo[j];
+        dot -= 128 * row_sums[o]; /* xu = q + 128 */
+#endif
         float v = (float)dot * row * scale[o];
         y[o] = bias ? v + bias[o] : v;
     }
     free(xs);
     free(xu);
+    free(xq);
 }
 
 /* ---------------------------------------------------------------- vector helpers */
@@ -216,6 +310,13 @@ static float dot_f32(const float *a, const float *b, int n) {
     __m512 acc = _mm512_setzero_ps();
     for (; j + 16 <= n; j += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), acc);
     s = _mm512_reduce_add_ps(acc);
+#elif SEP_AVX2
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), acc);
+    __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    a4 = _mm_hadd_ps(a4, a4);
+    a4 = _mm_hadd_ps(a4, a4);
+    s = _mm_cvtss_f32(a4);
 #endif
     for (; j < n; j++) s += a[j] * b[j];
     return s;
@@ -266,6 +367,25 @@ static inline __m512 exp_ps(__m512 x) {
     p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
     return _mm512_scalef_ps(p, n);
 }
+#elif SEP_AVX2
+/* The same exp, 8 lanes; 2^n built in the exponent bits (n >= -126 after the clamp). */
+static inline __m256 exp_ps(__m256 x) {
+    x = _mm256_max_ps(x, _mm256_set1_ps(-87.f));
+    const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
+    const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_sub_ps(t, n);
+    __m256 p = _mm256_set1_ps(1.5252734e-5f);
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530e-4f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291e-3f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504109e-2f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022651e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-1f));
+    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+    const __m256i e = _mm256_slli_epi32(
+        _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
 #endif
 
 /* The q heads of one kv head (``group`` of them, q [group][d], rotated) over the slots
@@ -297,6 +417,29 @@ static void attend_group(const float *q, int group, const float *kt, const float
             if (nh > 3) _mm512_mask_storeu_ps(out_s + 3 * S, m, a3);
         }
     }
+#elif SEP_AVX2
+    for (int h0 = 0; h0 < group; h0 += 2) { /* two heads x 16 slots in registers */
+        const int nh = group - h0 < 2 ? group - h0 : 2;
+        const float *q0 = q + h0 * d, *q1 = nh > 1 ? q0 + d : q0;
+        for (int s0 = 0; s0 < span; s0 += 16) {
+            __m256 a0 = _mm256_setzero_ps(), a1 = a0, b0 = a0, b1 = a0;
+            const float *col = kt + (size_t)s0 * d; /* a whole block: the buffer is padded */
+            for (int j = 0; j < d; j++, col += 16) {
+                const __m256 k0 = _mm256_loadu_ps(col), k1 = _mm256_loadu_ps(col + 8);
+                const __m256 x0 = _mm256_set1_ps(q0[j]), x1 = _mm256_set1_ps(q1[j]);
+                a0 = _mm256_fmadd_ps(x0, k0, a0);
+                a1 = _mm256_fmadd_ps(x0, k1, a1);
+                b0 = _mm256_fmadd_ps(x1, k0, b0);
+                b1 = _mm256_fmadd_ps(x1, k1, b1);
+            }
+            float blk[32];
+            const int n = span - s0 < 16 ? span - s0 : 16;
+            _mm256_storeu_ps(blk, a0), _mm256_storeu_ps(blk + 8, a1);
+            _mm256_storeu_ps(blk + 16, b0), _mm256_storeu_ps(blk + 24, b1);
+            memcpy(scores + h0 * S + s0, blk, sizeof(float) * n);
+            if (nh > 1) memcpy(scores + (h0 + 1) * S + s0, blk + 16, sizeof(float) * n);
+        }
+    }
 #else
     for (int h = 0; h < group; h++)
         for (int s = 0; s < span; s++) scores[h * S + s] = 0.f;
@@ -323,6 +466,18 @@ static void attend_group(const float *q, int group, const float *kt, const float
             sv = _mm512_add_ps(sv, e);
         }
         sum = _mm512_reduce_add_ps(sv);
+#elif SEP_AVX2
+        const __m256 mv = _mm256_set1_ps(mx);
+        __m256 sv = _mm256_setzero_ps();
+        for (; s + 8 <= span; s += 8) {
+            const __m256 e = exp_ps(_mm256_sub_ps(_mm256_loadu_ps(sc + s), mv));
+            _mm256_storeu_ps(sc + s, e);
+            sv = _mm256_add_ps(sv, e);
+        }
+        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(sv), _mm256_extractf128_ps(sv, 1));
+        s4 = _mm_hadd_ps(s4, s4);
+        s4 = _mm_hadd_ps(s4, s4);
+        sum = _mm_cvtss_f32(s4);
 #endif
         for (; s < span; s++) {
             sc[s] = expf(sc[s] - mx);

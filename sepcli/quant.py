@@ -29,7 +29,6 @@ product from 8 tokens up.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -114,8 +113,9 @@ class Int8Linear(nn.Module):
         packed = torch_int4_pack(*int4) if int4 is not None and not native else None
         self.register_buffer("weight_int4", None if packed is None else packed[0])
         self.register_buffer("int4_scale_zero", None if packed is None else packed[1])
-        # the head's one token through the C kernel: xu = q + 128 needs each row's sum
-        sums = None if kern is None else self.weight_int8.sum(dim=1, dtype=torch.int32)
+        # a layer without 4-bit weights (the head) takes one token through the C int8 kernel,
+        # whose xu = q + 128 needs each row's sum
+        sums = None if kern is None or native else self.weight_int8.sum(dim=1, dtype=torch.int32)
         self.register_buffer("row_sums", sums)
         self.kernels = kern  # the C kernels this layer's layout was made for (or None)
 
@@ -169,19 +169,12 @@ def cpu_kernels_missing() -> str | None:
     return kernels.cpu.why_not(_kernel_dir())
 
 
-_KERNEL_ENV = ("SEPCLI_CACHE_DIR", "XDG_CACHE_HOME", "HOME")
-_kernel_dirs: dict[tuple, Path] = {}
-
-
 def _kernel_dir() -> Path:
-    """The kernels' cache folder (asked on every one-token call: the user cache's rule is only
-    re-run when its variables change)."""
-    key = tuple(os.environ.get(name) for name in _KERNEL_ENV)
-    if key not in _kernel_dirs:
-        from sepcli.models import cache_dir  # here: sepcli.models imports this module's users
+    """The kernels' cache folder: asked when layers are built, never per token (each
+    :class:`Int8Linear` keeps the kernels it was packed for)."""
+    from sepcli.models import cache_dir  # here: sepcli.models imports this module's users
 
-        _kernel_dirs[key] = cache_dir() / "kernels"
-    return _kernel_dirs[key]
+    return cache_dir() / "kernels"
 
 
 def int4_linear(x: torch.Tensor, layer: Int8Linear) -> torch.Tensor:

@@ -39,6 +39,20 @@
 #endif
 
 #define GROUP 32
+
+#if SEP_AVX2
+static inline float hsum8_ps(__m256 v) {
+    __m128 a = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    a = _mm_hadd_ps(a, a);
+    return _mm_cvtss_f32(_mm_hadd_ps(a, a));
+}
+
+static inline int hsum8_epi32(__m256i v) {
+    __m128i a = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    a = _mm_hadd_epi32(a, a);
+    return _mm_cvtsi128_si32(_mm_hadd_epi32(a, a));
+}
+#endif
 #define PREFETCH 1024 /* bytes of codes ahead: measured best of 512..4096 */
 
 int sep_isa(void) { return SEP_ISA; } /* 2: AVX512-VNNI, 1: AVX2, 0: plain C */
@@ -105,10 +119,7 @@ void sep_quant_groups(const float *x, int n, int8_t *q, float *dx, float *dsum) 
                                              _mm256_packs_epi32(i[2], i[3]));
         _mm256_storeu_si256((__m256i *)(q + g * GROUP),
                             _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
-        __m128i t4 = _mm_add_epi32(_mm256_castsi256_si128(total), _mm256_extracti128_si256(total, 1));
-        t4 = _mm_hadd_epi32(t4, t4);
-        t4 = _mm_hadd_epi32(t4, t4);
-        const int sum = _mm_cvtsi128_si32(t4);
+        const int sum = hsum8_epi32(total);
 #else
         float amax = 0.f;
         for (int j = 0; j < GROUP; j++) amax = fmaxf(amax, fabsf(xg[j]));
@@ -197,11 +208,7 @@ static float q4_row(const Q4 *w, int o, const int8_t *q, const float *dx, const 
             acc = _mm256_fmadd_ps(_mm256_set1_ps(sv[k + 1]), _mm256_cvtepi32_ps(db), acc);
         }
     }
-    acc = _mm256_add_ps(acc, accm);
-    __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    a4 = _mm_hadd_ps(a4, a4);
-    a4 = _mm_hadd_ps(a4, a4);
-    const float y = _mm_cvtss_f32(a4);
+    const float y = hsum8_ps(_mm256_add_ps(acc, accm));
 #else
     float y = 0.f;
     for (int g = 0; g < groups; g += 2) {
@@ -284,10 +291,7 @@ void sep_int8_matvec(const int8_t *w, const int32_t *row_sums, const float *scal
             acc = _mm256_add_epi32(acc, _mm256_madd_epi16(_mm256_maddubs_epi16(
                 _mm256_abs_epi8(xv), _mm256_sign_epi8(wv, xv)), ones));
         }
-        __m128i a4 = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
-        a4 = _mm_hadd_epi32(a4, a4);
-        a4 = _mm_hadd_epi32(a4, a4);
-        dot = _mm_cvtsi128_si32(a4);
+        dot = hsum8_epi32(acc);
         for (; j < in; j++) dot += (int32_t)xq[j] * wo[j];
 #else
         for (; j < in; j++) dot += (int32_t)xu[j] * wo[j];
@@ -313,10 +317,7 @@ static float dot_f32(const float *a, const float *b, int n) {
 #elif SEP_AVX2
     __m256 acc = _mm256_setzero_ps();
     for (; j + 8 <= n; j += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(b + j), acc);
-    __m128 a4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-    a4 = _mm_hadd_ps(a4, a4);
-    a4 = _mm_hadd_ps(a4, a4);
-    s = _mm_cvtss_f32(a4);
+    s = hsum8_ps(acc);
 #endif
     for (; j < n; j++) s += a[j] * b[j];
     return s;
@@ -349,22 +350,23 @@ static void rope(const float *x, const float *c, const float *s, int rot, int d,
     for (int j = rot; j < d; j++) out[j] = x[j];
 }
 
+#if SEP_ISA
+/* exp(x) for x <= 0 (softmax after subtracting the max): 2^n * 2^f with n = round(x log2 e),
+ * 2^f by its Taylor series to degree 7 (error < 1e-8 on |f| <= 1/2), highest term first; x
+ * below -87 gives 2^-126 ~ 1e-38. */
+static const float EXP2_TAYLOR[8] = {1.5252734e-5f, 1.5403530e-4f, 1.3333558e-3f,
+                                     9.6181291e-3f, 5.5504109e-2f, 2.4022651e-1f,
+                                     6.9314718e-1f, 1.f};
+#endif
+
 #if SEP_VNNI
-/* exp(x) for x <= 0 (softmax after subtracting the max): 2^n * 2^f, 2^f by its Taylor series
- * to degree 7 (error < 1e-8 on |f| <= 1/2); x below -87 gives 2^-126 ~ 1e-38. */
 static inline __m512 exp_ps(__m512 x) {
     x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
     const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
     const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m512 f = _mm512_sub_ps(t, n);
-    __m512 p = _mm512_set1_ps(1.5252734e-5f);
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.5403530e-4f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291e-3f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504109e-2f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022651e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718e-1f));
-    p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.f));
+    __m512 p = _mm512_set1_ps(EXP2_TAYLOR[0]);
+    for (int k = 1; k < 8; k++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_TAYLOR[k]));
     return _mm512_scalef_ps(p, n);
 }
 #elif SEP_AVX2
@@ -374,14 +376,8 @@ static inline __m256 exp_ps(__m256 x) {
     const __m256 t = _mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f));
     const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     const __m256 f = _mm256_sub_ps(t, n);
-    __m256 p = _mm256_set1_ps(1.5252734e-5f);
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.5403530e-4f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.3333558e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.6181291e-3f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.5504109e-2f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.4022651e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.9314718e-1f));
-    p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.f));
+    __m256 p = _mm256_set1_ps(EXP2_TAYLOR[0]);
+    for (int k = 1; k < 8; k++) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(EXP2_TAYLOR[k]));
     const __m256i e = _mm256_slli_epi32(
         _mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
@@ -474,10 +470,7 @@ static void attend_group(const float *q, int group, const float *kt, const float
             _mm256_storeu_ps(sc + s, e);
             sv = _mm256_add_ps(sv, e);
         }
-        __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(sv), _mm256_extractf128_ps(sv, 1));
-        s4 = _mm_hadd_ps(s4, s4);
-        s4 = _mm_hadd_ps(s4, s4);
-        sum = _mm_cvtss_f32(s4);
+        sum = hsum8_ps(sv);
 #endif
         for (; s < span; s++) {
             sc[s] = expf(sc[s] - mx);

@@ -89,6 +89,7 @@ class OneToken:
         self.shape = shape
         self.layers = [_Layer(layer) for layer in arch.decoder_layers(model)]
         self.hidden = int(model.config.hidden_size)
+        self.kernels = self.layers[0].q.kernels  # the C kernels the layers were packed for
         self.native = self._native_step(model, shape)
         self.k_rot: torch.Tensor | None = None  # rotated keys, fp32, per layer and kv head
         self._rot_pos: torch.Tensor | None = None  # slot positions k_rot was rotated at
@@ -105,7 +106,6 @@ class OneToken:
         return cls(model, shape)
 
     def _native_step(self, model, shape: arch.Shape) -> DecodeStep | None:
-        self.kernels = self.layers[0].q.kernels  # the C kernels the layers were packed for
         if self.kernels is None or shape.head_dim > 512:  # decode.c's RoPE buffer
             return None
         layers = []
@@ -183,4 +183,4 @@ class OneToken:
             rope = arch.rope_of(self.model)
             positions = torch.arange(capacity)
             self._tables = (capacity, *rope_cos_sin(positions, rope.inv_freq, rope.scale))
-        return self._tables[1].contiguous(), self._tables[2].contiguous()
+        return self._tables[1], self._tables[2]

@@ -138,6 +138,11 @@ def mlp_block(layer, hidden: torch.Tensor) -> torch.Tensor:
     return hidden + layer.mlp(layer.post_attention_layernorm(hidden))
 
 
+def lm_head(model, normed: torch.Tensor) -> torch.Tensor:
+    """The LM head alone, on hidden states the final norm has seen: [..., hidden] -> [..., vocab]."""
+    return model.lm_head(normed)
+
+
 def logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Final norm + LM head: [B, T, hidden] -> [B, T, vocab]."""
-    return model.lm_head(backbone(model).norm(hidden))
+    return lm_head(model, backbone(model).norm(hidden))

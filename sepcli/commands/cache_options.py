@@ -1,7 +1,8 @@
 """The KV cache options every command that runs the ring shares (stream, generate, chat, score).
 
 Each option maps to one :class:`~sepcli.stream.config.StreamConfig` field and takes its default
-from there; :func:`cache_config` builds the config and warns about options the method ignores.
+from there; :func:`cache_config` builds the config and warns about the options the method does
+not read (its class's ``reads``).
 """
 
 from __future__ import annotations
@@ -12,13 +13,16 @@ import typer
 
 from sepcli.cli_common import warn_ignored
 from sepcli.stream.config import METHODS, StreamConfig
+from sepcli.stream.methods import method_class
 
 DEFAULT_CACHE = StreamConfig()  # the defaults, defined once in the config
 
 MethodOpt = Annotated[
     str, typer.Option("--method", help=f"KV cache policy: {' | '.join(METHODS)}.")
 ]
-InitOpt = Annotated[int, typer.Option("--init", help="Initial (sink) tokens kept forever.")]
+InitOpt = Annotated[
+    int, typer.Option("--init", help="Initial (sink) tokens kept forever (sepllm, streamingllm).")
+]
 SepOpt = Annotated[
     int, typer.Option("--sep", help="Separator tokens kept from older text (sepllm).")
 ]
@@ -28,7 +32,7 @@ CapacityOpt = Annotated[
     typer.Option(
         "--capacity",
         help="KV cache slots, the current token's included, at most the model's context "
-        "(sepllm: > init+sep+window; full: the model's context). The paper's and official "
+        "(sepllm: > init+sep+window; full does not read it: the model's context). The paper's and official "
         "loops' c is --capacity c+1 (they attend to c cached tokens plus the current one).",
     ),
 ]
@@ -36,17 +40,13 @@ ChunkOpt = Annotated[
     int | None,
     typer.Option(
         "--chunk",
-        help="Tokens per forward pass, at most --window (1 = token by token; the result is "
-        "the same for any chunk; default: min(224, --window)).",
+        help="Tokens per forward pass, for sepllm at most --window (1 = token by token; the "
+        "result is the same for any chunk; default: 224, for sepllm min(224, --window)).",
     ),
 ]
 
-# Options that only some methods read: {option: methods that use it}.
-USED_BY = {
-    "sep": ("sepllm",),
-    "window": ("sepllm",),
-    "capacity": ("sepllm", "streamingllm", "window"),
-}
+# The cache options a method may read (StreamConfig fields, besides method and chunk).
+BUDGET_FIELDS = ("init", "sep", "window", "capacity")
 
 
 def cache_config(
@@ -63,6 +63,6 @@ def cache_config(
     config = StreamConfig(
         method=method, init=init, sep=sep, window=window, capacity=capacity, chunk=chunk
     )
-    unused = [name for name, methods in USED_BY.items() if method not in methods]
-    warn_ignored(ctx, unused, f"with --method {method}")
+    reads = method_class(method).reads
+    warn_ignored(ctx, [n for n in BUDGET_FIELDS if n not in reads], f"with --method {method}")
     return config

@@ -130,10 +130,11 @@ class ChatSession:
         (Ctrl-C) keeps what was generated: the turn is recorded as interrupted."""
         ids = self.turn_ids(user)
         engine = self.engine
-        if self.stream.method == "full" and engine.ring.used + len(ids) + 1 > engine.capacity:
+        limit = engine.method.limit
+        if limit is not None and engine.ring.used + len(ids) + 1 > limit:
             raise ContextLimitError(
-                f"method 'full' keeps every token and this turn would pass the model's context "
-                f"of {engine.capacity} tokens ({engine.ring.used} used); /reset, or use "
+                f"method {self.stream.method!r} keeps every token and this turn would pass the "
+                f"model's context of {limit} tokens ({engine.ring.used} used); /reset, or use "
                 "--method sepllm"
             )
         for _ in self.decoder.prefill([ids]):

@@ -29,12 +29,12 @@ from sepcli import arch
 from sepcli.errors import ContextLimitError
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
+from sepcli.stream.methods import make_method
 from sepcli.stream.reader import MAX_PENDING_CHARS, safe_cut, start_token
 
-# Padded tokens (batch x longest) per forward of the short-document path, by device. On a CPU
-# small batches win: a forward's activations then stay in the core's L2 cache (256 tokens:
-# 447-514 tok/s int8, 221 fp32; 4096: 305-312 int8, 175 fp32; `bench/score.py batch-sizes`,
-# docs/score.md). A GPU wants large ones; 4096 is not measured there (no GPU was lent).
+# Padded tokens (batch x longest) per forward of the short-document path, by device: small
+# batches on a CPU (a forward's activations stay in cache), large ones on a GPU. The figures
+# are in docs/score.md (`bench/score.py batch-sizes`).
 CPU_BATCH_TOKENS = 256
 GPU_BATCH_TOKENS = 4096
 
@@ -114,7 +114,9 @@ class DocScorer:
         self.model, self.tokenizer, self.config = model, tokenizer, config
         self.separators = separators
         self.head = start_token(tokenizer)
-        self.capacity = self._ring().capacity  # the cache a document must fit in
+        method = make_method(config)
+        self.capacity = method.ring_slots(arch.shape_of(model).context_length)  # fits: short
+        self.limit = method.limit  # the most tokens a document may have (None: any)
         self.device = next(model.parameters()).device
         self.batch_tokens = batch_tokens or default_batch_tokens(self.device)
 
@@ -178,10 +180,11 @@ class DocScorer:
 
     def score_long(self, blocks) -> DocScore:
         """Stream one document (token id blocks, start token included) through a fresh ring."""
-        if self.config.method == "full":
+        if self.limit is not None:  # longer than the cache is longer than this method allows
             raise ContextLimitError(
-                f"the document is longer than the model's context of {self.capacity} tokens "
-                "(--method full keeps every token): use --method sepllm to score it whole"
+                f"the document is longer than the model's context of {self.limit} tokens "
+                f"(--method {self.config.method} keeps every token): use --method sepllm to "
+                "score it whole"
             )
         tokens, total = 0, 0.0
         for stats in self._ring().run(blocks):
@@ -232,7 +235,7 @@ class DocScorer:
         sums = torch.zeros(b, dtype=torch.float64, device=self.device)
         for lo in range(0, rows.shape[0], LOGIT_ROWS):
             part = slice(lo, lo + LOGIT_ROWS)
-            logits = self.model.lm_head(rows[part]).float()  # (rows, V)
+            logits = arch.lm_head(self.model, rows[part]).float()  # (rows, V)
             nll = F.cross_entropy(logits, targets[part], reduction="none")
             sums.index_add_(0, owner[part], nll.double())
         return sums.tolist()

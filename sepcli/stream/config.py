@@ -12,11 +12,19 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from sepcli.errors import ConfigError
+from sepcli.stream.methods import METHOD_CLASSES, method_class
 
-METHODS = ("sepllm", "streamingllm", "window", "full")
-# Tokens per forward when not given (capped by the window). Larger chunks run bigger matmuls;
-# bench/stream.py throughput measured 64/128/224 side by side, and 224 was the fastest.
+METHODS = tuple(METHOD_CLASSES)  # what --method takes: one class per file in stream/methods/
+# Tokens per forward when not given (within the method's max_chunk: sepllm's window). Larger
+# chunks run bigger matmuls; chosen with `bench/stream.py throughput` (docs/models.md).
 DEFAULT_CHUNK = 224
+
+
+def _check_int(name: str, value, least: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{name} must be an integer, got {value!r}")
+    if value < least:
+        raise ConfigError(f"--{name} must be >= {least}, got {value}")
 
 
 @dataclass(frozen=True)
@@ -24,21 +32,26 @@ class StreamConfig:
     """Cache budget and chunking of one streaming run (defaults: the official SepLLM streaming
     settings, init 4, sep 64, window 224, capacity 324).
 
+    Which fields a method reads and what it requires of them is the method's
+    (:mod:`sepcli.stream.methods`: ``reads``, ``check``, ``max_chunk``); this class checks
+    that they are integers in range and asks the method for the rest.
+
     Attributes
     ----------
     method : which tokens the cache keeps (one of ``METHODS``).
-    init : the first tokens of the stream, kept forever (attention sinks).
-    sep : most separator tokens kept from text older than the local window.
-    window : the newest tokens, always kept (sepllm only).
+    init : the first tokens of the stream, kept forever (attention sinks; sepllm, streamingllm).
+    sep : most separator tokens kept from text older than the local window (sepllm).
+    window : the newest tokens, always kept (sepllm).
     capacity : ring slots: most tokens in the cache, including the token being processed (a
         token attends to at most ``capacity`` entries, itself included). The official loops
         the paper's numbers come from attend to ``c`` cached entries *plus* the token and evict
         afterwards, so their ``c`` is ``capacity - 1`` (:attr:`paper_c`): ``--capacity c + 1``
         reproduces them exactly (docs/stream.md). ``full`` ignores it and uses the model's
         context length.
-    chunk : tokens per forward pass, at most ``window``; None picks ``min(DEFAULT_CHUNK, window)``.
-        1 is the paper's token-by-token evaluation; every method gives the same result for any
-        chunk (up to float rounding; see docs/stream.md), larger chunks are faster.
+    chunk : tokens per forward pass, at most the method's ``max_chunk`` (sepllm: ``window``);
+        None picks ``DEFAULT_CHUNK`` within that. 1 is the paper's token-by-token evaluation;
+        every method gives the same result for any chunk (up to float rounding; see
+        docs/stream.md), larger chunks are faster.
     """
 
     method: str = "sepllm"
@@ -49,36 +62,19 @@ class StreamConfig:
     chunk: int | None = None
 
     def __post_init__(self) -> None:
-        if (
-            self.chunk is None
-            and isinstance(self.window, int)
-            and not isinstance(self.window, bool)
-        ):
-            object.__setattr__(self, "chunk", max(1, min(DEFAULT_CHUNK, self.window)))
-        if self.method not in METHODS:
-            raise ConfigError(f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
-        for name in ("init", "sep", "window", "capacity", "chunk"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ConfigError(f"{name} must be an integer, got {value!r}")
+        cls = method_class(self.method)
         for name in ("init", "sep"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"--{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("window", "capacity", "chunk"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"--{name} must be >= 1, got {getattr(self, name)}")
-        if self.chunk > self.window:
-            raise ConfigError(f"--chunk {self.chunk} is larger than --window {self.window}")
-        if self.method == "sepllm" and self.capacity <= self.init + self.sep + self.window:
-            raise ConfigError(
-                f"--capacity {self.capacity} must be larger than init + sep + window = "
-                f"{self.init} + {self.sep} + {self.window} = {self.init + self.sep + self.window}"
-            )
-        if self.method == "streamingllm" and self.capacity <= self.init:
-            raise ConfigError(
-                f"--capacity {self.capacity} leaves no room for recent tokens next to "
-                f"{self.init} sink tokens"
-            )
+            _check_int(name, getattr(self, name), 0)
+        for name in ("window", "capacity"):
+            _check_int(name, getattr(self, name), 1)
+        cap = cls.max_chunk(self)
+        if self.chunk is None:
+            chunk = DEFAULT_CHUNK if cap is None else min(DEFAULT_CHUNK, cap[0])
+            object.__setattr__(self, "chunk", max(1, chunk))
+        _check_int("chunk", self.chunk, 1)
+        if cap is not None and self.chunk > cap[0]:
+            raise ConfigError(f"--chunk {self.chunk} is larger than {cap[1]} {cap[0]}")
+        cls.check(self)
 
     @property
     def paper_c(self) -> int | None:

@@ -17,6 +17,7 @@ A plan is built before any layer runs (slots and RoPE tables are shared by every
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,8 +25,10 @@ from kernels import ring_attention, use_triton
 from kernels.ring.reference import plan_ring
 from sepcli.arch import Rope
 from sepcli.errors import ConfigError
-from sepcli.stream.config import StreamConfig
 from sepcli.stream.ring import RingKV
+
+if TYPE_CHECKING:  # the config validates itself through the method classes
+    from sepcli.stream.config import StreamConfig
 
 
 class ChunkPlan:
@@ -122,10 +125,27 @@ class RingSteps(ChunkPlan):
 
 
 class Method:
-    """Base class: the ring-step mechanism. Subclasses set ``name`` and implement
-    :meth:`make_room` (and may override :meth:`plan_chunk` or :meth:`ring_slots`)."""
+    """Base class: the ring-step mechanism. A subclass sets ``name`` and ``reads``, implements
+    :meth:`make_room`, and may override :meth:`check`, :meth:`max_chunk`, :meth:`ring_slots`,
+    :attr:`limit` or :meth:`plan_chunk`.
+
+    name : what ``--method`` calls it.
+    reads : the :class:`~sepcli.stream.config.StreamConfig` cache fields (``init``, ``sep``,
+        ``window``, ``capacity``) the method reads; the CLI warns about the others.
+    """
 
     name = "?"
+    reads: tuple[str, ...] = ()
+
+    @classmethod
+    def check(cls, config: StreamConfig) -> None:
+        """ConfigError for a budget this method cannot run (``config``'s fields are integers
+        in range already)."""
+
+    @classmethod
+    def max_chunk(cls, config: StreamConfig) -> tuple[int, str] | None:
+        """The most tokens per chunk and the option that sets it, or None: any chunk."""
+        return None
 
     def __init__(self, config: StreamConfig):
         self.config = config
@@ -141,6 +161,12 @@ class Method:
             )
         self.capacity = self.config.capacity
         return self.capacity
+
+    @property
+    def limit(self) -> int | None:
+        """The most tokens one stream may hold (after :meth:`ring_slots`); None: a stream of
+        any length, the method evicts."""
+        return None
 
     def make_room(self, ring: RingKV, want: int) -> int:
         """Evict what must go before up to ``want`` new tokens; -> how many fit now (1..want)."""

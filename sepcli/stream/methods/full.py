@@ -11,6 +11,7 @@ class Full(Method):
     """The ring has one slot per position of the model's context; ``capacity`` is not read."""
 
     name = "full"
+    reads = ()
 
     def ring_slots(self, context: int) -> int:
         if context <= 0:
@@ -20,8 +21,12 @@ class Full(Method):
         self.capacity = context
         return context
 
+    @property
+    def limit(self) -> int:
+        return self.capacity
+
     def make_room(self, ring: RingKV, want: int) -> int:
-        if ring.used + want > self.capacity:
+        if ring.used + want > self.limit:
             raise ContextLimitError(
                 f"method 'full' keeps every token and the stream is longer than the model's "
                 f"context of {self.capacity} tokens; use --method sepllm (or --max-tokens "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import torch
 
+from sepcli.errors import ConfigError
 from sepcli.stream.methods.base import Method
 from sepcli.stream.ring import RingKV
 
@@ -16,6 +17,20 @@ class SepLLM(Method):
     one token at a time."""
 
     name = "sepllm"
+    reads = ("init", "sep", "window", "capacity")
+
+    @classmethod
+    def check(cls, config) -> None:
+        budget = config.init + config.sep + config.window
+        if config.capacity <= budget:
+            raise ConfigError(
+                f"--capacity {config.capacity} must be larger than init + sep + window = "
+                f"{config.init} + {config.sep} + {config.window} = {budget}"
+            )
+
+    @classmethod
+    def max_chunk(cls, config) -> tuple[int, str]:
+        return config.window, "--window"
 
     def make_room(self, ring: RingKV, want: int) -> int:
         room = self.capacity - ring.used

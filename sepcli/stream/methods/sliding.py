@@ -31,8 +31,16 @@ import torch.nn.functional as F
 
 from kernels.ring.reference import rope_cos_sin, rotate
 from sepcli.arch import Rope
+from sepcli.errors import ConfigError
 from sepcli.stream.methods.base import ChunkPlan, Method
 from sepcli.stream.ring import RingKV
+
+
+def kept(text: torch.Tensor, newest, sinks: int, capacity: int) -> torch.Tensor:
+    """The sliding rule, the one place it is written: once the token of text index ``newest``
+    is in, the cache holds the tokens of text index ``text`` (broadcast against ``newest``) that
+    are sinks (``< sinks``) or among the last ``capacity - sinks``."""
+    return (text < sinks) | (text > newest - (capacity - sinks))
 
 
 @dataclass(frozen=True)
@@ -82,10 +90,8 @@ def sliding_tables(
     k_pos = torch.where(is_sink, src_text, src_text - base)
     k_cos, k_sin = rope_cos_sin(k_pos, rope.inv_freq, rope.scale)
     qt_cos, qt_sin = rope_cos_sin(q_text - base, rope.inv_freq, rope.scale)
-    recent = capacity - sinks
     causal = src_text[None, :] <= q_text[:, None]
-    in_window = src_text[None, :] > q_text[:, None] - recent
-    visible = causal & (in_window | is_sink[None, :])
+    visible = causal & kept(src_text[None, :], q_text[:, None], sinks, capacity)
     bias = torch.zeros(visible.shape, dtype=dtype, device=device)
     bias.masked_fill_(~visible, float("-inf"))
     qs_cos = qs_sin = sink = None
@@ -130,10 +136,10 @@ class SlidingChunk(ChunkPlan):
         old_text = ring.text_idx[self._old]
         self._tables = sliding_tables(self._old, old_text, start, p, sinks, capacity, rope, dtype)
         self._scale = scale
-        keep_from = start + p - (capacity - sinks)
-        ring.free(self._old[(old_text >= sinks) & (old_text < keep_from)])
+        newest = start + p - 1
+        ring.free(self._old[~kept(old_text, newest, sinks, capacity)])
         text = torch.arange(start, start + p, device=ids.device)
-        self._new = ((text < sinks) | (text >= keep_from)).nonzero().squeeze(-1)  # chunk rows kept
+        self._new = kept(text, newest, sinks, capacity).nonzero().squeeze(-1)  # chunk rows kept
         self._slots = ring.claim(text[self._new], is_sep[self._new])
         self.peak = min(start + p, capacity)
         self.steps = 1
@@ -164,11 +170,11 @@ class Sliding(Method):
         # Once full, one token at a time: evicting for several at once would hide old tokens
         # from the first of them (plan_chunk runs whole chunks exactly instead).
         n = min(want, max(self.capacity - ring.used, 1))
-        excess = ring.used + n - self.capacity
-        if excess > 0:
-            kept = ring.kept_slots()
-            recent = kept[ring.text_idx[kept] >= self.sinks]  # non-sinks, oldest first
-            ring.free(recent[:excess])
+        slots = ring.kept_slots()  # (L,) text order
+        if slots.numel():
+            text = ring.text_idx[slots]
+            newest = int(text[-1]) + n  # text index of the last of the n new tokens
+            ring.free(slots[~kept(text, newest, self.sinks, self.capacity)])
         return n
 
     def plan_chunk(self, ring, ids, start, is_sep, rope, scale, dtype):
@@ -179,6 +185,15 @@ class StreamingLLM(Sliding):
     """``init`` sink tokens + the most recent ``capacity - init`` tokens."""
 
     name = "streamingllm"
+    reads = ("init", "capacity")
+
+    @classmethod
+    def check(cls, config) -> None:
+        if config.capacity <= config.init:
+            raise ConfigError(
+                f"--capacity {config.capacity} leaves no room for recent tokens next to "
+                f"{config.init} sink tokens"
+            )
 
     @property
     def sinks(self) -> int:
@@ -189,6 +204,7 @@ class Window(Sliding):
     """The most recent ``capacity`` tokens, no sinks."""
 
     name = "window"
+    reads = ("capacity",)
 
     @property
     def sinks(self) -> int:

@@ -21,19 +21,11 @@ from sepcli.cli_common import (
     load,
     out_console,
 )
-from sepcli.commands.qa_options import WindowOpt, parse_window
-from sepcli.errors import ConfigError
+from sepcli.commands.qa_options import QueryWindowOpt
 from sepcli.gemfilter import calibrate as cal
+from sepcli.gemfilter.config import DEFAULT_WINDOW
 
-
-def parse_lengths(lengths: str | None) -> list[int] | None:
-    """--lengths "512,1024" -> [512, 1024]; None when not given (ConfigError when not integers)."""
-    if lengths is None:
-        return None
-    try:
-        return [int(x) for x in lengths.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
+DEFAULT_CALIBRATE = cal.CalibrateConfig()  # the defaults, defined once in the config
 
 
 @guarded
@@ -41,11 +33,11 @@ def calibrate(
     model: ModelOpt = MODEL_DEFAULT,
     topk: Annotated[
         int, typer.Option("--topk", "--top-k", "-k", help="Top-k used to judge a layer.")
-    ] = cal.DEFAULT_CALIBRATION_TOPK,
+    ] = DEFAULT_CALIBRATE.topk,
     needles: Annotated[
         int, typer.Option("--needles", help="How many different needles (1-6).")
-    ] = cal.DEFAULT_NEEDLE_COUNT,
-    window: WindowOpt = "question",
+    ] = DEFAULT_CALIBRATE.needles,
+    window: QueryWindowOpt = DEFAULT_WINDOW,
     unit: Annotated[
         str,
         typer.Option(
@@ -53,7 +45,7 @@ def calibrate(
             help="What counts as found: 'token' (half the needle's tokens in the top-k) or "
             "'sentence' (whole-sentence selection keeps all of the needle).",
         ),
-    ] = "token",
+    ] = DEFAULT_CALIBRATE.unit,
     lengths: Annotated[
         str | None,
         typer.Option(
@@ -64,7 +56,7 @@ def calibrate(
     ] = None,
     save: Annotated[
         bool, typer.Option("--save/--no-save", help="Store the choice for --layer auto.")
-    ] = True,
+    ] = DEFAULT_CALIBRATE.save,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
     threads: ThreadsOpt = None,
@@ -72,23 +64,26 @@ def calibrate(
 ) -> None:
     """Find the best filter layer (0-based) for a model on a synthetic needle-in-a-haystack task
     over the bundled essays; print accuracy per layer and store the choice for --layer auto."""
-    unit = unit.strip().lower()
-    win = parse_window(window)
-    lens = parse_lengths(lengths)
-    cal.check_settings(topk, unit, needles, lens)
+    opts = cal.CalibrateConfig(
+        topk=topk, needles=needles, window=window, unit=unit, lengths=lengths, save=save
+    )
+    topk, unit = opts.topk, opts.unit
     lm = load(model, device, dtype, threads)
     ctx = lm.model.config.max_position_embeddings
-    lens = cal.haystack_lengths(ctx, lens, topk)
-    cases = cal.calibration_cases(lm.tokenizer, ctx, lengths=lens, needles=needles)
+    given = None if opts.lengths is None else list(opts.lengths)
+    lens = cal.haystack_lengths(ctx, given, topk)
+    cases = cal.calibration_cases(lm.tokenizer, ctx, lengths=lens, needles=opts.needles)
     curve = None
     with err_console.status("calibrating ...") as status:
-        for ev in cal.measure(lm.model, lm.tokenizer, cases, topk=topk, window=win, unit=unit):
+        for ev in cal.measure(
+            lm.model, lm.tokenizer, cases, topk=topk, window=opts.window, unit=unit
+        ):
             if isinstance(ev, cal.Progress):
                 status.update(f"calibrating: case {ev.done}/{ev.total}")
             else:
                 curve = ev
     best = curve.best()
-    path = cal.save(lm.name, lm.source, curve) if save else None
+    path = cal.save(lm.name, lm.source, curve) if opts.save else None
     if json_out:
         typer.echo(
             json.dumps(

@@ -8,7 +8,6 @@ sepcli/score/scorer.py, the Ray Data path sepcli/score/ray_data.py.
 from __future__ import annotations
 
 import itertools
-import re
 import sys
 import time
 from typing import Annotated
@@ -27,7 +26,6 @@ from sepcli.cli_common import (
     load,
     run_info,
     show_config,
-    warn,
 )
 from sepcli.commands.cache_options import (
     DEFAULT_CACHE,
@@ -40,20 +38,14 @@ from sepcli.commands.cache_options import (
     cache_config,
 )
 from sepcli.commands.interrupt import StopFlag
-from sepcli.errors import ConfigError, InputError
+from sepcli.commands.score_writer import RecordWriter
+from sepcli.errors import InputError
+from sepcli.score.config import ScoreConfig
 from sepcli.score.job import ScoreRecords, batches
 from sepcli.score.records import ReadCounts, check_inputs, input_bytes, read_records
 from sepcli.score.scorer import CPU_BATCH_TOKENS, GPU_BATCH_TOKENS
 
-
-def parse_shard(text: str | None) -> tuple[int, int] | None:
-    """'I/N' -> (I, N) with 0 <= I < N; ConfigError otherwise."""
-    if text is None:
-        return None
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if not match or not 0 <= int(match[1]) < int(match[2]):
-        raise ConfigError(f"--shard must be I/N with 0 <= I < N (e.g. 0/4), got {text!r}")
-    return int(match[1]), int(match[2])
+DEFAULT_SCORE = ScoreConfig()  # the run options' defaults, defined once in the config
 
 
 @guarded
@@ -68,29 +60,29 @@ def score(
     ] = None,
     field: Annotated[
         str, typer.Option("--field", help="JSON field holding the document (dotted: a.b).")
-    ] = "text",
+    ] = DEFAULT_SCORE.field,
     lines: Annotated[
         bool, typer.Option("--lines", help="Every line of the inputs is a document.")
-    ] = False,
+    ] = DEFAULT_SCORE.lines,
     prefix: Annotated[
         str, typer.Option("--prefix", help="Put before the added fields (tokens, nll, ppl, error).")
-    ] = "",
+    ] = DEFAULT_SCORE.prefix,
     shard: Annotated[
         str | None,
         typer.Option(
             "--shard", help="Score only shard I of N (0-based, records interleaved): I/N."
         ),
-    ] = None,
+    ] = DEFAULT_SCORE.shard,
     skip: Annotated[
         int, typer.Option("--skip", help="Skip the first N records (of the shard): resume.")
-    ] = 0,
+    ] = DEFAULT_SCORE.skip,
     skip_bad: Annotated[
         bool,
         typer.Option(
             "--skip-bad",
             help="Pass unreadable records through with an error field (default: stop, exit 2).",
         ),
-    ] = False,
+    ] = DEFAULT_SCORE.skip_bad,
     batch_tokens: Annotated[
         int | None,
         typer.Option(
@@ -98,7 +90,7 @@ def score(
             help="Padded tokens per forward of short documents "
             f"(default: {CPU_BATCH_TOKENS} on a CPU, {GPU_BATCH_TOKENS} on a GPU).",
         ),
-    ] = None,
+    ] = DEFAULT_SCORE.batch_tokens,
     ray: Annotated[
         str | None,
         typer.Option(
@@ -106,13 +98,13 @@ def score(
             help="Score on a Ray cluster: 'local' starts one here, 'auto' joins the running one, "
             "or an address (ray://host:10001). JSON lines files, folders of them, or URIs.",
         ),
-    ] = None,
+    ] = DEFAULT_SCORE.ray,
     ray_actors: Annotated[
         int, typer.Option("--ray-actors", help="With --ray: scoring actors (one model each).")
-    ] = 1,
+    ] = DEFAULT_SCORE.ray_actors,
     ray_gpus: Annotated[
         float, typer.Option("--ray-gpus", help="With --ray: GPUs per actor.")
-    ] = 0.0,
+    ] = DEFAULT_SCORE.ray_gpus,
     model: ModelOpt = MODEL_DEFAULT,
     method: MethodOpt = DEFAULT_CACHE.method,
     init: InitOpt = DEFAULT_CACHE.init,
@@ -127,42 +119,34 @@ def score(
     """Perplexity of every document of a corpus, scored whole (long ones through the ring)."""
     files = files or ["-"]
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
-    where = parse_shard(shard)
-    if skip < 0:
-        raise ConfigError(f"--skip must be >= 0, got {skip}")
-    if batch_tokens is not None and batch_tokens < 1:
-        raise ConfigError(f"--batch-tokens must be >= 1, got {batch_tokens}")
-    if not field or any(not part for part in field.split(".")):
-        raise ConfigError(f"--field must name a field (dotted: a.b), got {field!r}")
+    opts = ScoreConfig(
+        field=field,
+        lines=lines,
+        prefix=prefix,
+        shard=shard,
+        skip=skip,
+        skip_bad=skip_bad,
+        batch_tokens=batch_tokens,
+        ray=ray,
+        ray_actors=ray_actors,
+        ray_gpus=ray_gpus,
+    )
     check_inputs([f for f in files if ray is None or "://" not in f], ray=ray is not None)
     if "-" in files and sys.stdin.isatty():
         raise InputError("no input: give FILES, or pipe JSON lines into `sepcli score -`")
-    if ray is not None:
-        from sepcli.commands.score_ray import check_ray_args
 
-        check_ray_args(files, lines, where, skip, ray_actors, ray_gpus)
+    if opts.ray is not None:
+        from sepcli.commands.score_ray import check_ray_args, run_on_ray
 
-    if ray is not None:
-        from sepcli.commands.score_ray import run_on_ray
-
-        job_kwargs = {
-            "model": model,
-            "device": device,
-            "dtype": dtype,
-            "config": config.to_dict(),
-            "field": field,
-            "prefix": prefix,
-            "batch_tokens": batch_tokens,
-        }
-        shown = {k: v for k, v in job_kwargs.items() if k != "config"}
+        check_ray_args(files)
+        shown = {"model": model, "device": device, "dtype": dtype, **opts.records_kwargs()}
+        job_kwargs = {**shown, "config": config.to_dict()}
         show_config("score", {**config.to_dict(), **shown, "ray": ray, "actors": ray_actors})
-        run_on_ray(files, ray, job_kwargs, ray_actors, ray_gpus, skip_bad)
+        run_on_ray(files, job_kwargs, opts)
         return
 
     lm = load(model, device, dtype, threads)
-    job = ScoreRecords(
-        loaded=lm, config=config, field=field, prefix=prefix, batch_tokens=batch_tokens
-    )
+    job = ScoreRecords(loaded=lm, config=config, **opts.records_kwargs())
     show_config(
         "score",
         {
@@ -177,17 +161,16 @@ def score(
     )
     counts = ReadCounts()
     records = read_records(files, field, lines, counts)
-    if where is not None:
-        index, count = where
+    if opts.where is not None:
+        index, count = opts.where
         records = itertools.islice(records, index, None, count)
     records = itertools.islice(records, skip, None)
-    _score_to_stdout(job, records, counts, skip, skip_bad, input_bytes(files), files, lines)
+    _score_to_stdout(job, records, counts, opts, input_bytes(files))
 
 
-def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, lines) -> None:
-    written = bad = tokens = 0
+def _score_to_stdout(job, records, counts, opts: ScoreConfig, total_bytes: int) -> None:
+    writer = RecordWriter(opts.skip_bad)
     start = time.perf_counter()
-    out = sys.stdout.buffer
     bar = tqdm(
         total=total_bytes, unit="B", unit_scale=True, file=sys.stderr, mininterval=1.0,
         desc="score", dynamic_ncols=True,
@@ -195,41 +178,33 @@ def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, l
     interrupted, signum = False, 0
     try:
         with StopFlag() as stop:
-            for batch in batches(records, stop_at_error=not skip_bad):
+            for batch in batches(records, stop_at_error=not opts.skip_bad):
                 for record, outcome in zip(batch, job.score_records(batch), strict=True):
-                    if outcome.error is not None and not skip_bad:
-                        out.flush()
-                        raise InputError(
-                            f"{record.where}: {outcome.error} ({written} records written before "
-                            "it; --skip-bad passes such records through)"
-                        )
-                    for part in outcome.parts:
-                        out.write(part)
-                    out.write(b"\n")
-                    written += 1
-                    bad += outcome.error is not None
-                    tokens += outcome.score.tokens if outcome.score else 0
+                    tokens = outcome.score.tokens if outcome.score else 0
+                    writer.write(record.where, outcome.parts, outcome.error, tokens)
                     bar.update(record.size)
-                out.flush()
+                writer.flush()
                 elapsed = max(time.perf_counter() - start, 1e-9)
-                bar.set_postfix(docs=written, tokens=tokens, tok_s=f"{tokens / elapsed:.0f}")
+                bar.set_postfix(
+                    docs=writer.written,
+                    tokens=writer.tokens,
+                    tok_s=f"{writer.tokens / elapsed:.0f}",
+                )
                 if stop.requested:
                     interrupted, signum = True, stop.signum
                     break
     finally:
         bar.close()
-    elapsed = time.perf_counter() - start
+    elapsed = max(time.perf_counter() - start, 1e-9)
+    written, tokens = writer.written, writer.tokens
     err_console.print(
         f"[dim]score: {written} records, {tokens} tokens in {elapsed:.1f} s "
-        f"({written / max(elapsed, 1e-9):.1f} docs/s, {tokens / max(elapsed, 1e-9):.0f} tok/s)[/]"
+        f"({written / elapsed:.1f} docs/s, {tokens / elapsed:.0f} tok/s)[/]"
     )
-    if counts.replaced:
-        warn(f"{counts.replaced} undecodable byte sequence(s) replaced with U+FFFD")
-    if bad:
-        warn(f"{bad} record(s) could not be scored; passed through with an error field")
+    writer.close(counts.replaced)
     if interrupted:
         err_console.print(
-            f"interrupted: {written} records written; continue with --skip {skip + written} "
+            f"interrupted: {written} records written; continue with --skip {opts.skip + written} "
             "(same inputs and --shard)"
         )
         raise typer.Exit(128 + signum)

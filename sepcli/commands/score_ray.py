@@ -7,67 +7,50 @@ input order, to stdout (sepcli/score/ray_data.py builds the dataset).
 from __future__ import annotations
 
 import importlib.util
-import sys
 import time
 
 import typer
 
-from sepcli.cli_common import err_console, warn
+from sepcli.cli_common import err_console
 from sepcli.commands.interrupt import StopFlag
-from sepcli.errors import ConfigError, InputError
+from sepcli.commands.score_writer import RecordWriter
+from sepcli.errors import ConfigError
+from sepcli.score.config import ScoreConfig
 
 
-def check_ray_args(
-    files: list[str], lines: bool, shard, skip: int, actors: int, gpus: float
-) -> None:
-    """ConfigError for what --ray does not do (before anything loads)."""
+def check_ray_args(files: list[str]) -> None:
+    """ConfigError for what --ray does not do with these inputs (before anything loads; the
+    options are :class:`~sepcli.score.config.ScoreConfig`'s to check)."""
     if importlib.util.find_spec("ray") is None:
         raise ConfigError("--ray needs Ray Data: pip install 'sepcli[ray]'")
-    if "-" in files or lines:
+    if "-" in files:
         raise ConfigError(
             "--ray reads JSON lines files (.gz too), folders of them or URIs the cluster can "
             "read (s3://...); not stdin or --lines"
         )
-    if shard is not None or skip:
-        raise ConfigError(
-            "--shard and --skip are for the local path; with --ray the cluster splits the work"
-        )
-    if actors < 1 or gpus < 0:
-        raise ConfigError(f"--ray-actors must be >= 1 and --ray-gpus >= 0, got {actors}, {gpus}")
 
 
-def run_on_ray(
-    files: list[str], address: str, job_kwargs: dict, actors: int, gpus: float, skip_bad: bool
-) -> None:
+def run_on_ray(files: list[str], job_kwargs: dict, opts: ScoreConfig) -> None:
+    """Score ``files`` on the cluster ``opts.ray`` names; ``job_kwargs``: ScoreRecords'."""
     from sepcli.score.ray_data import connect, score_rows
 
-    connect(address)
-    written = bad = replaced = 0
+    connect(opts.ray)
+    writer = RecordWriter(opts.skip_bad)
+    replaced = 0
     start = time.perf_counter()
-    out = sys.stdout
     with StopFlag() as stop:
-        for row in score_rows(files, job_kwargs, actors, gpus):
+        for row in score_rows(files, job_kwargs, opts.ray_actors, opts.ray_gpus):
             replaced += row["replaced"]
             if row["out"] is None:  # a blank line
                 continue
-            if row["error"] is not None and not skip_bad:
-                out.flush()
-                raise InputError(
-                    f"{row['path']}:{row['line']}: {row['error']} ({written} records written "
-                    "before it; --skip-bad passes such records through)"
-                )
-            out.write(row["out"] + "\n")
-            written += 1
-            bad += row["error"] is not None
+            where = f"{row['path']}:{row['line']}"
+            writer.write(where, [row["out"].encode()], row["error"])
             if stop.requested:
                 break
-        out.flush()
+        writer.flush()
     elapsed = time.perf_counter() - start
-    err_console.print(f"[dim]score: {written} records in {elapsed:.1f} s on Ray[/]")
-    if replaced:
-        warn(f"{replaced} undecodable byte sequence(s) replaced with U+FFFD")
-    if bad:
-        warn(f"{bad} record(s) could not be scored; passed through with an error field")
+    err_console.print(f"[dim]score: {writer.written} records in {elapsed:.1f} s on Ray[/]")
+    writer.close(replaced)
     if stop.requested:
-        err_console.print(f"interrupted: {written} records written")
+        err_console.print(f"interrupted: {writer.written} records written")
         raise typer.Exit(128 + stop.signum)

@@ -27,7 +27,7 @@ import torch
 from sepcli import arch
 from sepcli.errors import ConfigError
 from sepcli.files import write_atomic
-from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW, check_unit
+from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW, check_unit, parse_window
 from sepcli.gemfilter.filter import layer_scores
 from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
 from sepcli.gemfilter.prompt import build_prompt
@@ -68,6 +68,42 @@ def check_settings(
         raise ConfigError("--lengths is empty: give comma-separated token counts, e.g. 512,1024")
 
 
+def parse_lengths(lengths: str | list[int] | tuple[int, ...] | None) -> tuple[int, ...] | None:
+    """--lengths "512,1024" -> (512, 1024); None when not given (ConfigError when not integers)."""
+    if lengths is None or not isinstance(lengths, str):
+        return None if lengths is None else tuple(lengths)
+    try:
+        return tuple(int(x) for x in lengths.split(",") if x.strip())
+    except ValueError:
+        raise ConfigError(f"--lengths must be comma-separated integers, got {lengths!r}") from None
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    """One ``sepcli calibrate`` run (each field is one option; CLI spellings accepted).
+
+    topk : top-k used to judge a layer. needles : how many different needles (1-6).
+    window : whose queries score (as :class:`~sepcli.gemfilter.config.QAConfig`; stored
+        resolved). unit : what counts as found (``token`` | ``sentence``). lengths : haystack
+        lengths in tokens (None: :func:`default_lengths`). save : store the choice for
+        ``--layer auto``.
+    """
+
+    topk: int = DEFAULT_CALIBRATION_TOPK
+    needles: int = DEFAULT_NEEDLE_COUNT
+    window: int | str | None = DEFAULT_WINDOW
+    unit: str = "token"
+    lengths: tuple[int, ...] | str | None = None
+    save: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "unit", self.unit.strip().lower())
+        object.__setattr__(self, "window", parse_window(self.window))
+        object.__setattr__(self, "lengths", parse_lengths(self.lengths))
+        lengths = None if self.lengths is None else list(self.lengths)
+        check_settings(self.topk, self.unit, self.needles, lengths)
+
+
 def haystack_lengths(context_length: int, lengths: list[int] | None, topk: int) -> list[int]:
     """The haystack lengths to measure (``lengths`` or :func:`default_lengths`), checked against
     the model's context and against ``topk``: a top-k that keeps every token of the shortest
@@ -92,7 +128,7 @@ class Curve:
 
     layers: int
     topk: int
-    window: int | None = DEFAULT_WINDOW
+    window: int | None = parse_window(DEFAULT_WINDOW)
     unit: str = "token"
     cases: int = 0
     hits: list[int] = field(default_factory=list)
@@ -144,7 +180,7 @@ def measure(
     cases: list[NeedleCase],
     topk: int = DEFAULT_CALIBRATION_TOPK,
     smooth: int = DEFAULT_SMOOTH,
-    window: int | None = DEFAULT_WINDOW,
+    window: int | None = parse_window(DEFAULT_WINDOW),
     unit: str = "token",
 ) -> Iterator[Progress | Curve]:
     """Yield Progress after each case, then the Curve (``window`` as in QAConfig; ``unit``

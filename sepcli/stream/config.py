@@ -9,7 +9,9 @@ tokens, ``window`` the ``capacity`` most recent, ``full`` everything up to the m
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from sepcli.errors import ConfigError
 from sepcli.stream.methods import METHOD_CLASSES, method_class
@@ -89,3 +91,49 @@ class StreamConfig:
         """The config as a run records it (JSON output): the fields, the ring's actual slots
         (the model's context for ``full``) and the paper's equivalent c."""
         return {**self.to_dict(), "capacity": ring_slots, "paper_c": self.paper_c}
+
+
+PER_UNITS = ("line", "paragraph")  # what ``stream --per`` reports on (sepcli.stream.units)
+
+
+@dataclass(frozen=True)
+class StreamRun:
+    """What one ``sepcli stream`` run does besides its cache (that is the :class:`StreamConfig`).
+
+    Attributes
+    ----------
+    ppl : score every token (False only fills the cache).
+    max_tokens : stop after this many tokens of input (None: read it all).
+    checkpoint : write the stream state here at the end, on Ctrl-C, and every ``every`` tokens.
+    every : with ``checkpoint``: also write every N tokens.
+    resume : continue from this checkpoint (same input, model and config).
+    interval : seconds between progress reports.
+    per : ``line`` | ``paragraph``: one record per unit (:data:`PER_UNITS`) instead of progress.
+    text : with ``per``: include each unit's text.
+    """
+
+    ppl: bool = True
+    max_tokens: int | None = None
+    checkpoint: Path | None = None
+    every: int | None = None
+    resume: Path | None = None
+    interval: float = 1.0
+    per: str | None = None
+    text: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ConfigError(f"--max-tokens must be >= 1, got {self.max_tokens}")
+        if self.every is not None and (self.every < 1 or self.checkpoint is None):
+            raise ConfigError("--every N needs N >= 1 and --checkpoint PATH")
+        if not math.isfinite(self.interval) or self.interval < 0:
+            raise ConfigError(f"--interval must be a number of seconds >= 0, got {self.interval}")
+        if self.per is not None:
+            if self.per not in PER_UNITS:
+                raise ConfigError(f"--per must be one of {', '.join(PER_UNITS)}, got {self.per!r}")
+            if self.resume is not None or self.max_tokens is not None or not self.ppl:
+                raise ConfigError(
+                    "--per scores a whole input: not with --resume, --max-tokens or --no-ppl"
+                )
+        elif self.text:
+            raise ConfigError("--text goes with --per line|paragraph")

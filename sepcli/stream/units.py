@@ -18,9 +18,8 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from sepcli.stream.config import PER_UNITS
 from sepcli.stream.reader import newline_cut_is_safe, start_token, text_blocks_ahead
-
-UNITS = ("line", "paragraph")
 
 
 @dataclass
@@ -41,8 +40,8 @@ class UnitTracker:
     """
 
     def __init__(self, unit: str, keep_text: bool = False):
-        if unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        if unit not in PER_UNITS:
+            raise ValueError(f"unit must be one of {PER_UNITS}, got {unit!r}")
         self.unit, self.keep_text = unit, keep_text
         self.current = 1  # the unit the next character belongs to
         self._newlines = 0  # line breaks in the current whitespace run (paragraph breaks)

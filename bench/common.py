@@ -127,7 +127,7 @@ def needle_grid(lm, args, lengths: list[int] | None = None):
 
 
 def until_correct(pieces: Iterable[tuple[str, int]], case) -> str:
-    """Join ``(text piece, id)`` pairs (``sepcli.gemfilter.generate.stream_text``) into an
+    """Join ``(text piece, id)`` pairs (``sepcli.generate.detok.stream_text``) into an
     answer, stopping as soon as ``case`` (a NeedleCase) judges it correct. Greedy decoding is
     deterministic, so the verdict equals that of decoding every token; only the stored text is
     shorter, and the shared CPU cores are spared the rest."""

@@ -26,8 +26,9 @@ import time
 import torch
 
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.generate import stop_ids, stream_text
 from sepcli.gemfilter.pipeline import prepare
+from sepcli.generate.detok import stream_text
+from sepcli.generate.sampling import stop_ids
 from sepcli.models import load_model
 
 from common import (

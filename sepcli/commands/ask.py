@@ -25,17 +25,15 @@ from sepcli.cli_common import (
 from sepcli.commands import ask_prompt
 from sepcli.commands.qa_options import (
     DocArg,
+    FilterTopkOpt,
     LayerOpt,
     OptionalQuestionArg,
     ProtectOpt,
+    QueryWindowOpt,
     SegmentOpt,
     SmoothOpt,
     SplitOpt,
-    TopkOpt,
     UnitOpt,
-    WindowOpt,
-    qa_config,
-    setup,
 )
 from sepcli.commands.questions import (
     DocCacheOpt,
@@ -47,13 +45,22 @@ from sepcli.commands.questions import (
 from sepcli.commands.show import show_selection
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import (
+    DEFAULT_LAYER,
     DEFAULT_MAX_NEW_TOKENS,
+    DEFAULT_PROTECT,
+    DEFAULT_SEGMENT_TOKENS,
     DEFAULT_SMOOTH,
+    DEFAULT_SPLIT,
     DEFAULT_TOPK,
     DEFAULT_UNIT,
+    DEFAULT_WINDOW,
+    QA_METHODS,
+    QAConfig,
 )
 from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
 from sepcli.gemfilter.selection import Selected
+
+DEFAULT_QA = QAConfig()  # the defaults the option spellings above do not name
 
 # What only the gemfilter method reads; --method full reads the whole document.
 FILTER_OPTIONS = (
@@ -77,20 +84,26 @@ def ask(
     doc: DocArg,
     question: OptionalQuestionArg = None,
     model: ModelOpt = MODEL_DEFAULT,
-    method: Annotated[str, typer.Option("--method", help="gemfilter | full")] = "gemfilter",
-    layer: LayerOpt = "auto",
-    topk: TopkOpt = DEFAULT_TOPK,
+    method: Annotated[
+        str, typer.Option("--method", help=" | ".join(QA_METHODS))
+    ] = DEFAULT_QA.method,
+    layer: LayerOpt = DEFAULT_LAYER,
+    topk: FilterTopkOpt = DEFAULT_TOPK,
     smooth: SmoothOpt = DEFAULT_SMOOTH,
-    window: WindowOpt = "question",
-    protect: ProtectOpt = True,
-    split: SplitOpt = True,
-    segment_tokens: SegmentOpt = 0,
+    window: QueryWindowOpt = DEFAULT_WINDOW,
+    protect: ProtectOpt = DEFAULT_PROTECT,
+    split: SplitOpt = DEFAULT_SPLIT,
+    segment_tokens: SegmentOpt = DEFAULT_SEGMENT_TOKENS,
     unit: UnitOpt = DEFAULT_UNIT,
     max_new_tokens: Annotated[
         int, typer.Option("--max-new-tokens", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
-    temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
-    seed: Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature).")] = 0,
+    temperature: Annotated[
+        float, typer.Option("--temperature", help="0 = greedy.")
+    ] = DEFAULT_QA.temperature,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Sampling seed (with --temperature).")
+    ] = DEFAULT_QA.seed,
     questions: QuestionsOpt = None,
     doc_cache: DocCacheOpt = None,
     rebuild: RebuildOpt = False,
@@ -111,16 +124,16 @@ def ask(
     tokens the question points at, and answers from those; --method full reads everything.
     Many questions (--questions, or no QUESTION on a terminal: an interactive prompt) share one
     reading of DOC."""
-    cfg = qa_config(
+    cfg = QAConfig(
+        method=method,
         layer=layer,
         topk=topk,
         smooth=smooth,
+        protect=protect,
         window=window,
         split=split,
         segment_tokens=segment_tokens,
         unit=unit,
-        method=method,
-        protect=protect,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
@@ -128,10 +141,6 @@ def ask(
     if cfg.method == "full":
         warn_ignored(ctx, FILTER_OPTIONS, "with --method full (it reads the whole document)")
     interactive = check_question_sources(doc, question, questions)
-    if question is not None and doc_cache is None:
-        lm, prompt, cfg, question = setup(doc, question, model, device, dtype, threads, cfg)
-        answer(lm, prompt, question, cfg, None, show, json_out)
-        return
     run = open_session(
         doc, question, questions, doc_cache, rebuild, (model, device, dtype, threads), cfg
     )

@@ -22,16 +22,14 @@ from sepcli.cli_common import (
 )
 from sepcli.commands.qa_options import (
     DocArg,
+    FilterTopkOpt,
     LayerOpt,
     OptionalQuestionArg,
+    QueryWindowOpt,
     SegmentOpt,
     SmoothOpt,
     SplitOpt,
-    TopkOpt,
     UnitOpt,
-    WindowOpt,
-    qa_config,
-    setup,
 )
 from sepcli.commands.questions import (
     DocCacheOpt,
@@ -42,7 +40,16 @@ from sepcli.commands.questions import (
 )
 from sepcli.commands.show import show_selection
 from sepcli.errors import ConfigError
-from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_TOPK, DEFAULT_UNIT
+from sepcli.gemfilter.config import (
+    DEFAULT_LAYER,
+    DEFAULT_SEGMENT_TOKENS,
+    DEFAULT_SMOOTH,
+    DEFAULT_SPLIT,
+    DEFAULT_TOPK,
+    DEFAULT_UNIT,
+    DEFAULT_WINDOW,
+    QAConfig,
+)
 from sepcli.gemfilter.pipeline import filter_prompt
 from sepcli.gemfilter.selection import kept_text
 
@@ -52,12 +59,12 @@ def gemfilter(
     doc: DocArg,
     question: OptionalQuestionArg = None,
     model: ModelOpt = MODEL_DEFAULT,
-    layer: LayerOpt = "auto",
-    topk: TopkOpt = DEFAULT_TOPK,
+    layer: LayerOpt = DEFAULT_LAYER,
+    topk: FilterTopkOpt = DEFAULT_TOPK,
     smooth: SmoothOpt = DEFAULT_SMOOTH,
-    window: WindowOpt = "question",
-    split: SplitOpt = True,
-    segment_tokens: SegmentOpt = 0,
+    window: QueryWindowOpt = DEFAULT_WINDOW,
+    split: SplitOpt = DEFAULT_SPLIT,
+    segment_tokens: SegmentOpt = DEFAULT_SEGMENT_TOKENS,
     unit: UnitOpt = DEFAULT_UNIT,
     questions: QuestionsOpt = None,
     doc_cache: DocCacheOpt = None,
@@ -85,7 +92,7 @@ def gemfilter(
     """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
     file before giving it to another LLM. --json: indices (into the document's tokens) and scores.
     --questions: one JSON line per question, the document read once."""
-    cfg = qa_config(
+    cfg = QAConfig(
         layer=layer,
         topk=topk,
         smooth=smooth,
@@ -96,11 +103,6 @@ def gemfilter(
     )
     if (question is None) == (questions is None):
         raise ConfigError("give either QUESTION or --questions FILE")
-    if question is not None and doc_cache is None:
-        lm, prompt, cfg, question = setup(doc, question, model, device, dtype, threads, cfg)
-        chosen = filter_prompt(lm.model, prompt, cfg)
-        emit(lm, chosen, cfg, gap, show, json_out)
-        return
     run = open_session(
         doc, question, questions, doc_cache, rebuild, (model, device, dtype, threads), cfg
     )

@@ -1,6 +1,6 @@
-"""What `sepcli ask` and `sepcli gemfilter` share: the GemFilter options, their parsers, the one
-:class:`QAConfig` builder, and the set-up of a run (read the document, load, resolve the layer,
-build the prompt, say what will run on stderr).
+"""What `sepcli ask` and `sepcli gemfilter` share: the GemFilter options (each one
+:class:`~sepcli.gemfilter.config.QAConfig` field, which parses their spellings), and the checks
+and stderr lines of a run (the question, the document, the layer, the segments).
 
 Filter layers are numbered from 0 (the module index; the paper's "13 of 32" is 13).
 """
@@ -12,11 +12,11 @@ from typing import Annotated
 
 import typer
 
-from sepcli.cli_common import dtype_name, err_console, load, warn
-from sepcli.errors import ConfigError, InputError
+from sepcli.cli_common import err_console, warn
+from sepcli.errors import InputError
 from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.pipeline import prepare, segments_for
+from sepcli.gemfilter.pipeline import segments_for
 from sepcli.stream.reader import read_text
 
 DocArg = Annotated[
@@ -48,7 +48,7 @@ LayerOpt = Annotated[
         "`sepcli calibrate` for this model, else round(0.4 x layers).",
     ),
 ]
-TopkOpt = Annotated[
+FilterTopkOpt = Annotated[
     int,
     typer.Option(
         "--topk",
@@ -61,7 +61,7 @@ TopkOpt = Annotated[
 SmoothOpt = Annotated[
     int, typer.Option("--smooth", help="Odd moving-average width over scores (1 = off).")
 ]
-WindowOpt = Annotated[
+QueryWindowOpt = Annotated[
     str,
     typer.Option(
         "--window",
@@ -110,73 +110,6 @@ def clean_question(question: str) -> tuple[str, int]:
     return re.subn("[\ud800-\udfff]", "\ufffd", question)
 
 
-def segment_cap(segment_tokens: int) -> int | None:
-    """--segment-tokens: 0 -> None (as many as fit), else the positive cap."""
-    if segment_tokens < 0:
-        raise ConfigError(
-            f"--segment-tokens must be >= 0 (0 = as many as fit), got {segment_tokens}"
-        )
-    return segment_tokens or None
-
-
-def parse_layer(layer: str) -> int | None:
-    """'auto' -> None, else a non-negative int (ConfigError otherwise)."""
-    if layer.strip().lower() == "auto":
-        return None
-    try:
-        value = int(layer)
-    except ValueError:
-        raise ConfigError(
-            f"--layer must be 'auto' or a 0-based layer number, got {layer!r}"
-        ) from None
-    if value < 0:
-        raise ConfigError(f"--layer must be >= 0 (0-based) or 'auto', got {value}")
-    return value
-
-
-def parse_window(window: str) -> int | None:
-    """'question' -> None, 'last' -> 1, else a positive int (ConfigError otherwise)."""
-    w = window.strip().lower()
-    if w == "question":
-        return None
-    if w == "last":
-        return 1
-    try:
-        value = int(w)
-    except ValueError:
-        raise ConfigError(
-            f"--window must be 'question', 'last' or a number, got {window!r}"
-        ) from None
-    if value < 1:
-        raise ConfigError(f"--window must be >= 1, got {value}")
-    return value
-
-
-def qa_config(
-    *,
-    layer: str,
-    topk: int,
-    smooth: int,
-    window: str,
-    split: bool,
-    segment_tokens: int,
-    unit: str,
-    **decoding,
-) -> QAConfig:
-    """The run's QAConfig from the command-line spellings of the GemFilter options; ``decoding``
-    holds the fields only `ask` has (method, protect, max_new_tokens, temperature, seed)."""
-    return QAConfig(
-        layer=parse_layer(layer),
-        topk=topk,
-        smooth=smooth,
-        window=parse_window(window),
-        split=split,
-        segment_tokens=segment_cap(segment_tokens),
-        unit=unit.strip().lower(),
-        **decoding,
-    )
-
-
 def check_question(question: str) -> str:
     """The question ready to tokenize: InputError when blank; undecodable bytes replaced (warned)."""
     if not question.strip():
@@ -195,21 +128,6 @@ def read_document(doc: str) -> str:
     return document
 
 
-def setup(doc, question, model, device, dtype, threads, cfg: QAConfig):
-    """Validate cheap inputs first, then load and check the prompt fits.
-
-    Returns (lm, prompt, cfg with the layer resolved, the question as asked)."""
-    question = check_question(question)
-    document = read_document(doc)
-    lm = load(model, device, dtype, threads)
-    cfg, origin = resolve_layer(lm, cfg)
-    prompt = prepare(lm.model, lm.tokenizer, document, question, cfg)
-    if cfg.method == "gemfilter":
-        show_filter_settings(lm, cfg, origin)
-        show_segments(lm, prompt, cfg)
-    return lm, prompt, cfg, question
-
-
 def resolve_layer(lm, cfg: QAConfig) -> tuple[QAConfig, str]:
     """``cfg`` with ``--layer auto`` resolved, and where the layer came from."""
     if cfg.method != "gemfilter" or cfg.layer is not None:
@@ -220,7 +138,7 @@ def resolve_layer(lm, cfg: QAConfig) -> tuple[QAConfig, str]:
 
 def show_filter_settings(lm, cfg: QAConfig, origin: str) -> None:
     err_console.print(
-        f"[dim]{lm.name} ({lm.device}, {dtype_name(lm)}): gemfilter layer "
+        f"[dim]{lm.name} ({lm.device}, {lm.dtype_name}): gemfilter layer "
         f"{cfg.layer} ({origin}, 0-based of {lm.model.config.num_hidden_layers}), topk {cfg.topk} "
         f"({cfg.unit}s)[/]"
     )

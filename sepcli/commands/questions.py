@@ -21,6 +21,7 @@ from sepcli.commands.qa_options import (
     read_document,
     resolve_layer,
     show_filter_settings,
+    show_segments,
 )
 from sepcli.errors import ConfigError, InputError, SepcliError
 from sepcli.gemfilter import doc_cache
@@ -87,12 +88,12 @@ def read_questions(path: str, doc: str) -> list[tuple[int, str]]:
 @dataclass
 class Session:
     """One document and its questions, ready to run: the loaded model, the resolved config,
-    the document's tokens, (line, question) pairs and their prompts (all known to fit), and
-    the shared reading (gemfilter only)."""
+    the document's tokens (None for a lone question), (line, question) pairs and their prompts
+    (all known to fit), and the shared reading (gemfilter only)."""
 
     lm: LoadedModel
     cfg: QAConfig
-    doc: DocumentTokens
+    doc: DocumentTokens | None
     asked: list[tuple[int, str]]
     prompts: list[Prompt]
     reading: DocumentReading | None
@@ -104,35 +105,43 @@ def open_session(
     questions: str | None,
     cache: str | None,
     rebuild: bool,
-    load_args: tuple[str, str, str],
+    load_args: tuple[str, str, str, int | None],
     cfg: QAConfig,
 ) -> Session:
     """Check the cheap inputs (questions, --doc-cache path, the document), then load the model
-    (``load_args``: model, device, dtype, threads), check every question fits, and read the document or
-    load its reading."""
+    (``load_args``: model, device, dtype, threads), check every question fits, and (gemfilter)
+    read the document or load its reading. One QUESTION without --doc-cache reads nothing
+    ahead: its filter pass is its own (``reading`` None, ``doc`` None)."""
     asked = read_questions(questions, doc) if questions else []
     if question is not None:
         asked = [(0, check_question(question))]
+    shared = question is None or cache is not None  # several questions, or a stored reading
     check_cache_path(cache, doc)
     document = read_document(doc)
     lm = load(*load_args)
     cfg, origin = resolve_layer(lm, cfg)
-    tokens = encode_document(lm.tokenizer, document)
-    prompts = prepare_all(lm, tokens, asked, cfg, "stdin" if questions == "-" else questions)
+    tokens = encode_document(lm.tokenizer, document) if shared else None
+    where = "stdin" if questions == "-" else questions
+    prompts = prepare_all(lm, document, tokens, asked, cfg, where)
     reading = None
     if cfg.method == "gemfilter":
         show_filter_settings(lm, cfg, origin)
-        reading = open_reading(lm, tokens, cfg, cache, rebuild)
+        if shared:
+            reading = open_reading(lm, tokens, cfg, cache, rebuild)
+        else:
+            show_segments(lm, prompts[0], cfg)
     return Session(lm, cfg, tokens, asked, prompts, reading)
 
 
-def prepare_all(lm, doc: DocumentTokens, questions, cfg: QAConfig, where: str) -> list[Prompt]:
+def prepare_all(
+    lm, document: str, doc: DocumentTokens | None, questions, cfg: QAConfig, where: str
+) -> list[Prompt]:
     """Every question's prompt, built before any model work: a question that does not fit
-    fails here, naming its line."""
+    fails here, naming its line. ``doc``: the document already tokenized (None: per prompt)."""
     prompts = []
     for n, question in questions:
         try:
-            prompts.append(prepare(lm.model, lm.tokenizer, doc.text, question, cfg, doc))
+            prompts.append(prepare(lm.model, lm.tokenizer, document, question, cfg, doc))
         except SepcliError as exc:
             if not n:  # the QUESTION argument: no line to name
                 raise

@@ -14,24 +14,20 @@ import torch
 from sepcli.generate.detok import stream_text
 from sepcli.generate.sampling import Sampler, SamplingConfig, stop_ids
 
-__all__ = ["answer_pieces", "generate_ids", "stop_ids", "stream_text"]
-
 
 @torch.inference_mode()
 def generate_ids(
     model,
     ids: torch.Tensor,
     max_new_tokens: int,
-    *,
-    temperature: float = 0.0,
+    sampling: SamplingConfig = SamplingConfig(),
     stop: set[int] = frozenset(),
-    seed: int = 0,
 ) -> Iterator[int]:
     """Yield up to ``max_new_tokens`` new token ids after prompt ``ids`` [T] (stop ids not yielded)."""
     from transformers import DynamicCache
 
     device = next(model.parameters()).device
-    sampler = Sampler(SamplingConfig(temperature=temperature, seed=seed), device)
+    sampler = Sampler(sampling, device)
     cache = DynamicCache(config=model.config)
     x = ids.to(device).unsqueeze(0)  # (1, T)
     pos = torch.arange(x.shape[1], device=device).unsqueeze(0)
@@ -50,12 +46,10 @@ def answer_pieces(
     tokenizer,
     ids: torch.Tensor,
     max_new_tokens: int,
-    *,
-    temperature: float = 0.0,
-    seed: int = 0,
+    sampling: SamplingConfig = SamplingConfig(),
 ) -> Iterator[tuple[str, int]]:
     """The answer after prompt ``ids`` [T] as ``(text piece, id)`` per new token (see
     :func:`stream_text`), ending at the model's stop ids or after ``max_new_tokens``."""
     stop = stop_ids(model, tokenizer)
-    tokens = generate_ids(model, ids, max_new_tokens, temperature=temperature, stop=stop, seed=seed)
+    tokens = generate_ids(model, ids, max_new_tokens, sampling, stop)
     return stream_text(tokenizer, tokens)

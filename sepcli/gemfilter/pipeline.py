@@ -131,9 +131,7 @@ def run_qa(
             yield chosen
         else:
             ids = prompt.ids
-        answer = answer_pieces(
-            model, tokenizer, ids, cfg.max_new_tokens, temperature=cfg.temperature, seed=cfg.seed
-        )
+        answer = answer_pieces(model, tokenizer, ids, cfg.max_new_tokens, cfg.sampling)
         for piece, _ in answer:
             n_new += 1
             if ttft is None:

@@ -148,15 +148,16 @@ def chat(
 
     lm = load(model, device, dtype, threads)
     session = ChatSession(lm.model, lm.tokenizer, config, gen, system)
-    meta = {
-        "kind": "chat",
-        "model": checkpoint.model_fingerprint(lm.model, lm.name),
-        "config": config.to_dict(),
-        "format": "template" if session.format.template else "plain",
-    }
+    prompt_format = "template" if session.format.template else "plain"
+
+    def state() -> checkpoint.Checkpointed:
+        # made at each use: /reset gives the session a fresh engine
+        return checkpoint.Checkpointed(
+            "chat", lm, config, session.engine, session, format=prompt_format
+        )
+
     if resume is not None:
-        payload = checkpoint.load(resume, meta)
-        session.load_state_dict(payload["engine"], payload["metrics"])
+        state().restore(resume)
         if system is not None:
             warn("--system has no effect with --resume: the session keeps its own")
     if not session.format.template:
@@ -169,7 +170,7 @@ def chat(
 
     def save(path) -> None:
         checkpoint.check_target(path)  # /save never overwrites a file that is not a checkpoint
-        checkpoint.save(path, meta, session.engine.state_dict(), session.state_dict())
+        state().save(path)
 
     failed: SepcliError | None = None
     interrupted = None

@@ -52,10 +52,7 @@ from sepcli.commands.sampling_options import (
 )
 from sepcli.errors import ConfigError, InputError
 from sepcli.generate.decode import Decoder, GenerateConfig
-from sepcli.generate.sampling import stop_ids
 from sepcli.memory import peak_rss_mb, rss_mb
-from sepcli.separators import separator_mask
-from sepcli.stream.engine import StreamEngine
 from sepcli.stream.metrics import RunMetrics
 from sepcli.stream.reader import ReadStats, open_input, start_token, text_blocks, token_blocks
 
@@ -146,8 +143,8 @@ def generate(
         file = "-"
     with open_input(file or "-") as source:
         lm = load(model, device, dtype, threads)
-        engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=ppl)
-        decoder = Decoder(engine, lm.tokenizer, gen.sampling, stop_ids(lm.model, lm.tokenizer))
+        decoder = Decoder.on_ring(lm.model, lm.tokenizer, config, gen.sampling, score=ppl)
+        engine = decoder.engine
         resolved = {**config.to_dict(), "capacity": engine.capacity, **gen.to_dict()}
         info = run_info(lm)
         show_config("generate", {**resolved, **info})

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from sepcli.errors import ContextLimitError
 from sepcli.generate.decode import Decoder, GenerateConfig, Token
-from sepcli.generate.sampling import stop_ids
 from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
@@ -102,10 +101,10 @@ class ChatSession:
 
     def reset(self) -> None:
         """Forget the conversation: an empty ring, turn 1 next."""
-        engine = StreamEngine(self.model, self.stream, self._separators, score=False)
-        self.decoder = Decoder(
-            engine, self.tokenizer, self.config.sampling, stop_ids(self.model, self.tokenizer)
-        )
+        self.decoder = Decoder.on_ring(
+            self.model, self.tokenizer, self.stream, self.config.sampling,
+            separators=self._separators,
+        )  # fmt: skip
         self.turns: list[Turn] = []
 
     @property
@@ -182,8 +181,9 @@ class ChatSession:
             "system": self.format.system,
         }
 
-    def load_state_dict(self, engine_state: dict, state: dict) -> None:
-        self.engine.load_state_dict(engine_state)
+    def load_state_dict(self, state: dict) -> None:
+        """The conversation of :meth:`state_dict`; the engine (:attr:`engine`) loads its own
+        (:class:`~sepcli.stream.checkpoint.Checkpointed` restores both)."""
         self.decoder.load_state_dict(state["decoder"])
         self.decoder.tail = state["tail"]
         self.turns = [Turn(**t) for t in state["turns"]]

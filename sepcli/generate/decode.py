@@ -1,7 +1,7 @@
 """Writing on the ring: prefill a prompt in chunks, then decode one token at a time.
 
-The shape of gpt-fast's ``generate.py``: :func:`prefill` -> :func:`decode_one_token` ->
-:class:`Decoder.decode` (n tokens) -> :func:`generate`. The KV cache is the streaming engine's
+The shape of gpt-fast's ``generate.py``: :meth:`Decoder.prefill` -> :func:`decode_one_token`
+-> :meth:`Decoder.decode` (n tokens) -> :func:`generate`. The KV cache is the streaming engine's
 fixed ring (:class:`~sepcli.stream.engine.StreamEngine`): a prompt of any length and a
 generation of any length run in constant memory, each method evicting as it does for ``stream``.
 
@@ -26,8 +26,6 @@ from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.stream.reader import start_token
-
-STOP_REASONS = ("eos", "max", "stop", "interrupt")
 
 
 @dataclass(frozen=True)
@@ -78,12 +76,6 @@ class Token:
     text: str
 
 
-def prefill(engine: StreamEngine, blocks: Iterable[Sequence[int]]) -> Iterator:
-    """Feed token blocks of any size in ``config.chunk`` chunks; yields the engine's per-chunk
-    stats (constant memory however long the prompt)."""
-    yield from engine.run(blocks)
-
-
 def decode_one_token(engine: StreamEngine, token: int) -> torch.Tensor:
     """Feed one token; -> [vocab] fp32 logits for the next."""
     engine.feed([token])
@@ -114,14 +106,33 @@ class Decoder:
         self.prefill_s = 0.0
         self.decode_s = 0.0
 
+    @classmethod
+    def on_ring(
+        cls,
+        model,
+        tokenizer,
+        stream: StreamConfig,
+        sampling: SamplingConfig,
+        score: bool = False,
+        separators: torch.Tensor | None = None,
+    ) -> Decoder:
+        """A decoder on a fresh ring for ``model``: the engine (``score``: also the prompt's
+        NLL), the tokenizer's separators (``separators`` when already known) and the model's
+        stop ids. The one set-up of ``generate``, ``chat`` and :func:`generate`."""
+        if separators is None:
+            separators = separator_mask(tokenizer)
+        engine = StreamEngine(model, stream, separators, score=score)
+        return cls(engine, tokenizer, sampling, stop_ids(model, tokenizer))
+
     def prefill(self, blocks: Iterable[Sequence[int]]) -> Iterator:
-        """Feed the pending token and then ``blocks``; yields per-chunk stats."""
+        """Feed the pending token and then ``blocks`` of any size in ``config.chunk`` chunks;
+        yields the engine's per-chunk stats (constant memory however long the prompt)."""
         start, seen = time.perf_counter(), self.engine.seen
         if self.pending is not None:
             blocks = itertools.chain([[self.pending]], blocks)
             self.pending = None
         try:
-            yield from prefill(self.engine, blocks)
+            yield from self.engine.run(blocks)
         finally:
             self.prefill_tokens = self.engine.seen - seen
             self.prefill_s = time.perf_counter() - start
@@ -209,8 +220,7 @@ def generate(
     ids = prompt_ids(tokenizer, prompt)
     if not ids:
         raise ConfigError("the prompt is empty and the tokenizer has no BOS token to start from")
-    engine = StreamEngine(model, stream, separator_mask(tokenizer), score=False)
-    decoder = Decoder(engine, tokenizer, config.sampling, stop_ids(model, tokenizer))
+    decoder = Decoder.on_ring(model, tokenizer, stream, config.sampling)
     for _ in decoder.prefill([ids]):
         pass
     yield from decoder.decode(config.max_new_tokens, config.stop, config.ignore_eos)

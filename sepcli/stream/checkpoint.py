@@ -51,13 +51,15 @@ class Checkpointed:
 
     head : tokens at the start of the engine's stream that are not input (the BOS), so that
         counts shown to the user are tokens of input.
+    meta : more fields that must match on resume (a chat's prompt ``format``).
     """
 
-    def __init__(self, kind: str, lm, config, engine, extra, head: int = 0):
+    def __init__(self, kind: str, lm, config, engine, extra, head: int = 0, **meta):
         self.meta = {
             "kind": kind,
             "model": model_fingerprint(lm.model, lm.name),
             "config": config.to_dict(),
+            **meta,
         }
         self.engine, self.extra, self.head = engine, extra, head
         self._saved_input: dict | None = None
@@ -71,7 +73,8 @@ class Checkpointed:
         """Load ``path`` (refused unless its meta matches) into the engine and ``extra``."""
         payload = load(path, self.meta)
         self.engine.load_state_dict(payload["engine"])
-        self.extra.load_state_dict(payload["metrics"])
+        # the state on top of the engine; older checkpoints store it under "metrics"
+        self.extra.load_state_dict(payload.get("state", payload.get("metrics")))
         self._saved_input = payload["engine"].get("input")
 
     def skip_fed(self, blocks: Iterable[list[int]]) -> Iterator[list[int]]:
@@ -116,11 +119,11 @@ def probe(path: str | Path) -> None:
 
 def save(path: str | Path, meta: dict, engine_state: dict, extra_state: dict) -> None:
     """Write atomically (:func:`sepcli.files.write_atomic`). ``extra_state``: what runs on top
-    of the engine (a stream's metrics, a chat's conversation), stored under "metrics"."""
+    of the engine (a stream's metrics, a chat's conversation), stored under "state"."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise CheckpointError(f"checkpoint path {path} is a directory")
-    payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "metrics": extra_state}
+    payload = {"format": FORMAT, "meta": meta, "engine": engine_state, "state": extra_state}
     write_atomic(path, lambda f: torch.save(payload, f), CheckpointError, "checkpoint")
 
 

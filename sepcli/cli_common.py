@@ -59,11 +59,6 @@ def load(model: str, device: str, dtype: str, threads: int | None = None) -> Loa
         return load_model(model, device=device, dtype=dtype)
 
 
-def dtype_name(lm: LoadedModel) -> str:
-    """The dtype as the CLI spells it (int8, bf16, fp32, ...)."""
-    return lm.dtype_name
-
-
 class Throttle:
     """``due(force=False)`` is True at most once per ``interval`` seconds (progress reports);
     ``start_due``: the first call is due at once, else only after one interval."""
@@ -82,7 +77,7 @@ class Throttle:
 
 def run_info(lm: LoadedModel) -> dict:
     """What a run's JSON records about the model it ran: name, device, dtype."""
-    return {"model": lm.name, "device": str(lm.device), "dtype": dtype_name(lm)}
+    return {"model": lm.name, "device": str(lm.device), "dtype": lm.dtype_name}
 
 
 def show_config(command: str, fields: dict, extra: str = "") -> None:
@@ -106,10 +101,15 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {message}")
 
 
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-line error to stderr and return the Exit to raise."""
+def error_line(message) -> None:
+    """Print a one-line error to stderr (an interactive loop then goes on)."""
     first = " ".join(str(message).split())
     err_console.print(f"[bold red]error:[/] {first}", markup=True, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print a one-line error to stderr and return the Exit to raise."""
+    error_line(message)
     return typer.Exit(code)
 
 

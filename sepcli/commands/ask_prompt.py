@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from sepcli.cli_common import err_console
+from sepcli.cli_common import err_console, error_line
 from sepcli.commands.qa_options import clean_question
 from sepcli.commands.show import show_selection
 from sepcli.errors import SepcliError
@@ -47,7 +47,7 @@ def run(
         except KeyboardInterrupt:
             err_console.print(" [yellow](cancelled)[/]")
         except SepcliError as exc:  # a question that does not fit, say: the next one may
-            err_console.print(f"[bold red]error:[/] {exc}")
+            error_line(exc)
 
 
 def _answer(lm, doc, cfg, reading, question: str, show: bool) -> None:

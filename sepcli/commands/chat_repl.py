@@ -10,7 +10,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable
 
-from sepcli.cli_common import err_console
+from sepcli.cli_common import err_console, error_line
 from sepcli.commands.interrupt import StopFlag
 from sepcli.errors import SepcliError
 from sepcli.generate.chat import ChatSession
@@ -94,7 +94,7 @@ class Repl:
         try:
             entry[0](self, arg.strip())
         except SepcliError as exc:
-            err_console.print(f"[bold red]error:[/] {exc}")
+            error_line(exc)
 
     def reply(self, line: str) -> None:
         try:
@@ -105,7 +105,7 @@ class Repl:
                     if stop.requested:
                         break
         except SepcliError as exc:  # e.g. --method full at the context limit: the session stays
-            err_console.print(f"[bold red]error:[/] {exc}")
+            error_line(exc)
             return
         sys.stdout.write("\n")
         turn = self.session.turns[-1]

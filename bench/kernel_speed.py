@@ -55,7 +55,7 @@ def ring_inputs(c: int, chunk: int, device, dtype=torch.bfloat16, hq=HQ, hkv=HKV
 
 def sdpa_prerotated(q, k, v, slot_pos, q_pos, inv_freq):
     """Baseline operands: q, k rotated once and k, v put in position order (not timed)."""
-    from kernels.ring.reference import rope_cos_sin, rotate
+    from kernels.rope import rope_cos_sin, rotate
 
     order = slot_pos.argsort()
     kc, ks = rope_cos_sin(slot_pos[order], inv_freq)

@@ -1,9 +1,3 @@
-from kernels.ring.reference import (
-    RingPlan,
-    plan_ring,
-    ring_attention_reference,
-    rope_cos_sin,
-    rotate,
-)
+from kernels.ring.reference import RingPlan, plan_ring, ring_attention_reference
 
-__all__ = ["RingPlan", "plan_ring", "ring_attention_reference", "rope_cos_sin", "rotate"]
+__all__ = ["RingPlan", "plan_ring", "ring_attention_reference"]

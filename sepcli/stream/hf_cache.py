@@ -49,7 +49,7 @@ import torch
 from transformers import LogitsProcessor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from kernels.ring.reference import rope_cos_sin, rotate
+from kernels.rope import rope_cos_sin, rotate
 from sepcli import arch
 from sepcli.errors import InputError
 from sepcli.stream.config import StreamConfig

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels.cpu import DecodeStep
-from kernels.ring.reference import rope_cos_sin
+from kernels.rope import rope_cos_sin
 from sepcli import arch
 from sepcli.quant import Int8Linear, int4_linear
 

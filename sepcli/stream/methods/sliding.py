@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.ring.reference import rope_cos_sin, rotate
+from kernels.rope import rope_cos_sin, rotate
 from sepcli.arch import Rope
 from sepcli.errors import ConfigError
 from sepcli.stream.methods.base import ChunkPlan, Method

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from kernels.rope import rope_cos_sin
 from sepcli.errors import UnsupportedModelError
 
 
@@ -60,6 +61,11 @@ class Rope:
     inv_freq: torch.Tensor
     scale: float
 
+    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [..., R] fp32 for integer ``positions`` [...] (:func:`kernels.rope.rope_cos_sin`);
+        rotate with :func:`kernels.rope.rotate`."""
+        return rope_cos_sin(positions, self.inv_freq, self.scale)
+
 
 def rope_of(model) -> Rope:
     """The model's RoPE parameters, on its device."""
@@ -88,26 +94,6 @@ def embed(model, input_ids: torch.Tensor) -> torch.Tensor:
     return backbone(model).embed_tokens(input_ids)
 
 
-def rope_cos_sin(model, hidden: torch.Tensor, positions: torch.Tensor):
-    """cos, sin of shape [B, T, rot_dim] for integer ``positions`` [B, T] (any values)."""
-    return backbone(model).rotary_emb(hidden, positions)
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, H, T, D] by cos/sin [B, T, R] (R <= D: partial rotary leaves D-R dims as is)."""
-    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
-    rot = cos.shape[-1]
-    if rot == x.shape[-1]:
-        return x * cos + rotate_half(x) * sin
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    return torch.cat((x_rot * cos + rotate_half(x_rot) * sin, x_pass), dim=-1)
-
-
 def project_qkv(layer, normed: torch.Tensor, shape: Shape):
     """Pre-RoPE q [B, Hq, T, D], k [B, Hkv, T, D], v [B, Hkv, T, D] from normed hidden [B, T, hidden]."""
     attn = layer.self_attn
@@ -125,6 +111,22 @@ def project_qkv(layer, normed: torch.Tensor, shape: Shape):
     if hasattr(attn, "q_norm"):  # Qwen3: per-head RMSNorm before RoPE
         q, k = attn.q_norm(q), attn.k_norm(k)
     return q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H, T, D)
+
+
+def project_qk_window(layer, normed: torch.Tensor, shape: Shape, window: int):
+    """Pre-RoPE q of the last ``window`` tokens [B, Hq, W, D] and k of all tokens [B, Hkv, T, D]
+    from normed hidden [B, T, hidden] (GemFilter's layer r: no v, no q for the other tokens)."""
+    attn = layer.self_attn
+    if hasattr(attn, "qkv_proj"):  # fused projection: no cheap way to skip q/v of other tokens
+        q, k, _ = project_qkv(layer, normed, shape)
+        return q[:, :, -window:], k
+    b, t, _ = normed.shape
+    d = shape.head_dim
+    q = attn.q_proj(normed[:, -window:]).view(b, window, shape.q_heads, d)  # (B, W, Hq, D)
+    k = attn.k_proj(normed).view(b, t, shape.kv_heads, d)  # (B, T, Hkv, D)
+    if hasattr(attn, "q_norm"):  # Qwen3
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q.transpose(1, 2), k.transpose(1, 2)
 
 
 def attention_output(layer, attn: torch.Tensor) -> torch.Tensor:

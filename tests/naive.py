@@ -13,6 +13,15 @@ import torch
 from sepcli import arch
 
 
+def hf_rope(x, cos, sin):
+    """x [B, H, T, D] rotated as HF's Llama does (rotate_half) by cos/sin [B, T, R], R <= D."""
+    cos, sin = cos.unsqueeze(1).to(x.dtype), sin.unsqueeze(1).to(x.dtype)
+    r = cos.shape[-1]
+    x_rot, x_pass = x[..., :r], x[..., r:]
+    half = torch.cat((-x_rot[..., r // 2 :], x_rot[..., : r // 2]), dim=-1)
+    return torch.cat((x_rot * cos + half * sin, x_pass), dim=-1)
+
+
 def naive_evict(kept, method, a, s, w):
     """The methods' rules on a python list of entries (oldest first), once it is over budget."""
     if method == "sepllm":
@@ -67,9 +76,10 @@ class NaiveRing:
             entry["v"].append(v[0, :, 0])
             keys = torch.stack([e["k"][li] for e in self.kept], dim=1)  # (Hkv, n, D)
             vals = torch.stack([e["v"][li] for e in self.kept], dim=1)
-            cos, sin = arch.rope_cos_sin(model, h, torch.arange(n)[None])
-            keys = arch.apply_rope(keys[None], cos, sin)[0]
-            qr = arch.apply_rope(q, cos[:, -1:], sin[:, -1:])[0]  # (Hq, 1, D) at position n-1
+            # HF's own RoPE tables (not sepcli's), rotated by hand: an independent RoPE
+            cos, sin = arch.backbone(model).rotary_emb(h, torch.arange(n)[None])  # (1, n, R)
+            keys = hf_rope(keys[None], cos, sin)[0]
+            qr = hf_rope(q, cos[:, -1:], sin[:, -1:])[0]  # (Hq, 1, D) at position n-1
             keys = keys.repeat_interleave(shape.group, dim=0)
             vals = vals.repeat_interleave(shape.group, dim=0)
             att = torch.softmax((qr @ keys.transpose(-1, -2)) * shape.scale, dim=-1)

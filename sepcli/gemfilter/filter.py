@@ -21,22 +21,33 @@ import torch
 import torch.nn.functional as F
 
 from kernels import gemfilter_scores
+from kernels.rope import rotate
 from sepcli import arch
 
 
-def window_query_and_keys(layer, normed: torch.Tensor, shape: arch.Shape, window: int):
-    """Pre-RoPE q of the last ``window`` tokens [B, Hq, W, D] and k of all tokens [B, Hkv, T, D]."""
-    attn = layer.self_attn
-    if hasattr(attn, "qkv_proj"):  # fused projection: no cheap way to skip q/v of other tokens
-        q, k, _ = arch.project_qkv(layer, normed, shape)
-        return q[:, :, -window:], k
-    b, t, _ = normed.shape
-    d = shape.head_dim
-    q = attn.q_proj(normed[:, -window:]).view(b, window, shape.q_heads, d)  # (B, W, Hq, D)
-    k = attn.k_proj(normed).view(b, t, shape.kv_heads, d)  # (B, T, Hkv, D)
-    if hasattr(attn, "q_norm"):  # Qwen3
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    return q.transpose(1, 2), k.transpose(1, 2)
+def causal_layer(layer, h, shape: arch.Shape, cos, sin, past=None, mask=None):
+    """One decoder layer over hidden h [B, T, hidden] whose tokens sit at the RoPE tables
+    cos/sin [T, R]: the early-layer step every filter pass runs.
+
+    past: (k, v) [B, Hkv, P, D] post-RoPE of P earlier tokens, attended before the T new ones
+    (then ``mask`` [T, P + T] bool says what each new token sees); None: plain causal.
+    -> (h after the layer, q [B, Hq, T, D] post-RoPE, k and v [B, Hkv, P + T, D])."""
+    q, k, v = arch.project_qkv(layer, layer.input_layernorm(h), shape)  # (B, H, T, D)
+    q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    o = F.scaled_dot_product_attention(
+        q, k, v, attn_mask=mask, is_causal=mask is None, scale=shape.scale,
+        enable_gqa=shape.group > 1,
+    )  # (B, Hq, T, D)  # fmt: skip
+    return arch.mlp_block(layer, h + arch.attention_output(layer, o)), q, k, v
+
+
+def filter_head(layer, h, shape: arch.Shape, cos, sin, window: int):
+    """Layer r of a filter pass: post-RoPE q of the last ``window`` tokens [B, Hq, W, D] and k of
+    all tokens [B, Hkv, T, D]; its attention and MLP never run."""
+    q_win, k = arch.project_qk_window(layer, layer.input_layernorm(h), shape, window)
+    return rotate(q_win, cos[-window:], sin[-window:]), rotate(k, cos, sin)
 
 
 def window_scores(q_win: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
@@ -76,30 +87,15 @@ def layer_scores(
     b, t = ids.shape
     w = max(1, min(int(window), t))
     h = arch.embed(model, ids)  # (B, T, hidden)
-    positions = torch.arange(t, device=ids.device).unsqueeze(0).expand(b, t)
-    cos, sin = arch.rope_cos_sin(model, h, positions)  # (B, T, R)
-    for i in range(top + 1):
-        layer = blocks[i]
-        normed = layer.input_layernorm(h)
-        if i == top:
-            q_win, k = window_query_and_keys(layer, normed, shape, w)
-            del normed, h
-            q_win = arch.apply_rope(q_win, cos[:, -w:], sin[:, -w:])  # (B, Hq, W, D)
-            k = arch.apply_rope(k, cos, sin)  # (B, Hkv, T, D)
-            yield i, window_scores(q_win, k, shape.scale)
-            return
-        q, k, v = arch.project_qkv(layer, normed, shape)
-        del normed
-        q, k = arch.apply_rope(q, cos, sin), arch.apply_rope(k, cos, sin)
+    cos, sin = arch.rope_of(model).tables(torch.arange(t, device=ids.device))  # (T, R)
+    for i in range(top):
+        h, q, k, _ = causal_layer(blocks[i], h, shape, cos, sin)
         if i in wanted:
             yield i, window_scores(q[:, :, -w:], k, shape.scale)
-        o = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=shape.scale, enable_gqa=shape.group > 1
-        )  # (B, Hq, T, D)
-        del q, k, v
-        h = h + arch.attention_output(layer, o)
-        del o
-        h = arch.mlp_block(layer, h)
+        del q, k
+    q_win, k = filter_head(blocks[top], h, shape, cos, sin, w)
+    del h
+    yield top, window_scores(q_win, k, shape.scale)
 
 
 def filter_scores(model, ids: torch.Tensor, layer: int, window: int = 1) -> torch.Tensor:

@@ -16,10 +16,10 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
+from kernels.rope import rotate
 from sepcli import arch
-from sepcli.gemfilter.filter import window_query_and_keys, window_scores
+from sepcli.gemfilter.filter import causal_layer, filter_head, window_scores
 
 
 @dataclass
@@ -63,27 +63,13 @@ def prefix_steps(
     blocks = arch.decoder_layers(model)
     p = ids.shape[0]
     h = arch.embed(model, ids.unsqueeze(0))  # (1, P, hidden)
-    positions = torch.arange(p, device=ids.device).unsqueeze(0)
-    cos, sin = arch.rope_cos_sin(model, h, positions)  # (1, P, R)
+    cos, sin = arch.rope_of(model).tables(torch.arange(p, device=ids.device))  # (P, R)
     for i in range(layer):
-        normed = blocks[i].input_layernorm(h)
-        q, k, v = arch.project_qkv(blocks[i], normed, shape)
-        del normed
-        q = arch.apply_rope(q, cos, sin)
-        k, v = arch.apply_rope(k, cos, sin).contiguous(), v.contiguous()  # (1, Hkv, P, D)
-        o = F.scaled_dot_product_attention(
-            q, k, v, is_causal=True, scale=shape.scale, enable_gqa=shape.group > 1
-        )  # (1, Hq, P, D)
-        del q
-        h = arch.mlp_block(blocks[i], h + arch.attention_output(blocks[i], o))
-        del o
-        yield k, v
-    normed = blocks[layer].input_layernorm(h)
-    del h
+        h, _, k, v = causal_layer(blocks[i], h, shape, cos, sin)
+        yield k.contiguous(), v.contiguous()  # (1, Hkv, P, D)
     w = max(1, min(rows, p))
-    q_win, k = window_query_and_keys(blocks[layer], normed, shape, w)
-    q_win = arch.apply_rope(q_win, cos[:, -w:], sin[:, -w:])[:, :, w - min(rows, p) :]
-    yield arch.apply_rope(k, cos, sin).contiguous(), q_win.contiguous()
+    q_win, k = filter_head(blocks[layer], h, shape, cos, sin, w)
+    yield k.contiguous(), q_win[:, :, w - min(rows, p) :].contiguous()
 
 
 def read_prefix(model, ids: torch.Tensor, layer: int, rows: int) -> PrefixKV:
@@ -120,27 +106,18 @@ def question_scores(
     total = prefix_len + t
     w = max(1, min(int(window), total))
     h = arch.embed(model, tail.unsqueeze(0))  # (1, t, hidden)
-    positions = torch.arange(prefix_len, total, device=tail.device).unsqueeze(0)
-    cos, sin = arch.rope_cos_sin(model, h, positions)  # (1, t, R)
+    positions = torch.arange(prefix_len, total, device=tail.device)
+    cos, sin = arch.rope_of(model).tables(positions)  # (t, R)
     mask = _tail_mask(t, total, tail.device)
     for i, (k_prefix, other) in enumerate(steps):
-        normed = blocks[i].input_layernorm(h)
-        q, k, v = arch.project_qkv(blocks[i], normed, shape)
-        del normed
-        q, k = arch.apply_rope(q, cos, sin), arch.apply_rope(k, cos, sin)  # (1, H, t, D)
-        keys = torch.cat([k_prefix, k], dim=2)  # (1, Hkv, P + t, D)
         if i == layer:
-            q_win = torch.cat([other, q], dim=2)[:, :, -w:]  # (1, Hq, w, D)
+            q, k, _ = arch.project_qkv(blocks[i], blocks[i].input_layernorm(h), shape)
+            keys = torch.cat([k_prefix, rotate(k, cos, sin)], dim=2)  # (1, Hkv, P + t, D)
+            q_win = torch.cat([other, rotate(q, cos, sin)], dim=2)[:, :, -w:]  # (1, Hq, w, D)
             if q_win.shape[2] < w:
                 raise ValueError(
                     f"the prefix keeps {other.shape[2]} queries, window {w} needs more"
                 )
             return window_scores(q_win, keys, shape.scale)[0]
-        values = torch.cat([other, v], dim=2)
-        o = F.scaled_dot_product_attention(
-            q, keys, values, attn_mask=mask, scale=shape.scale, enable_gqa=shape.group > 1
-        )  # (1, Hq, t, D)
-        del q, k, v, keys, values
-        h = arch.mlp_block(blocks[i], h + arch.attention_output(blocks[i], o))
-        del o
+        h, *_ = causal_layer(blocks[i], h, shape, cos, sin, (k_prefix, other), mask)
     raise ValueError(f"the prefix ends before layer {layer}")

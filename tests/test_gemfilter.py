@@ -360,7 +360,8 @@ def test_segment_tokens_caps_every_filter_pass(tiny_llama, tokenizer):
         QAConfig(layer=1, topk=16, segment_tokens=third, max_new_tokens=2),
     )
     assert res.segments == 3
-    for bad in ({"segment_tokens": 0}, {"segment_tokens": 8, "split": False}):
+    assert QAConfig(segment_tokens=0).segment_tokens is None  # the CLI's "as many as fit"
+    for bad in ({"segment_tokens": -1}, {"segment_tokens": 8, "split": False}):
         with pytest.raises(ConfigError, match="--segment-tokens"):
             QAConfig(**bad)
 

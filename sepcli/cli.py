@@ -7,7 +7,17 @@ from typing import Annotated
 import typer
 
 from sepcli import __version__
-from sepcli.commands import ask, calibrate, chat, gemfilter_cmd, generate, info, score, stream
+from sepcli.commands import (
+    ask,
+    calibrate,
+    chat,
+    gemfilter_cmd,
+    generate,
+    info,
+    score,
+    serve,
+    stream,
+)
 
 app = typer.Typer(
     name="sepcli",
@@ -34,5 +44,5 @@ def _root(
     """sepcli: texts far longer than the model's context window."""
 
 
-for _module in (info, score, stream, generate, chat, ask, gemfilter_cmd, calibrate):
+for _module in (info, score, stream, generate, chat, serve, ask, gemfilter_cmd, calibrate):
     _module.register(app)

@@ -72,10 +72,15 @@ def status_line(decoder: Decoder) -> str:
 
 class _Status:
     """The live status line on stderr, when stderr is a terminal that the text does not share
-    (text piped away, or --json); otherwise nothing until the summary."""
+    (text piped away, or --json); otherwise nothing until the summary.
+
+    rich's Live redirects ``sys.stdout`` into its own console by default: the generated text
+    would then go to the terminal (stderr) instead of the file stdout was redirected to."""
 
     def __init__(self, live: bool):
-        self.live = Live(console=err_console, transient=True) if live else None
+        self.live = (
+            Live(console=err_console, transient=True, redirect_stdout=False) if live else None
+        )
 
     def __enter__(self):
         if self.live is not None:

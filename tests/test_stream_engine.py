@@ -247,6 +247,27 @@ def test_transformers_cache_adapter_matches_the_engine(tiny_llama, seps, text_id
     torch.testing.assert_close(nll, ref, rtol=1e-4, atol=1e-4)
 
 
+def test_the_method_table_names_every_method_class():
+    """--method lists sepcli.stream.methods.METHODS without importing the classes (torch):
+    every Method subclass in the package is in the table, under its own name."""
+    import importlib
+    import pkgutil
+
+    import sepcli.stream.methods as methods
+    from sepcli.stream.methods import METHODS, method_class
+    from sepcli.stream.methods.base import Method
+
+    found = {}
+    for info in pkgutil.iter_modules(methods.__path__):
+        module = importlib.import_module(f"{methods.__name__}.{info.name}")
+        for obj in vars(module).values():
+            if isinstance(obj, type) and issubclass(obj, Method) and obj is not Method:
+                found[obj.name] = obj
+    assert sorted(found) == sorted(METHODS) == ["full", "sepllm", "streamingllm", "window"]
+    for name, cls in found.items():
+        assert method_class(name) is cls
+
+
 def test_default_chunk_is_capped_by_the_window():
     from sepcli.stream.config import DEFAULT_CHUNK
 

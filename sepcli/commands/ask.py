@@ -22,7 +22,6 @@ from sepcli.cli_common import (
     guarded,
     warn_ignored,
 )
-from sepcli.commands import ask_prompt
 from sepcli.commands.qa_options import (
     DocArg,
     FilterTopkOpt,
@@ -42,7 +41,6 @@ from sepcli.commands.questions import (
     open_session,
     reading_fields,
 )
-from sepcli.commands.show import show_selection
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import (
     DEFAULT_LAYER,
@@ -57,8 +55,6 @@ from sepcli.gemfilter.config import (
     QA_METHODS,
     QAConfig,
 )
-from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
-from sepcli.gemfilter.selection import Selected
 
 DEFAULT_QA = QAConfig()  # the defaults the option spellings above do not name
 
@@ -145,6 +141,8 @@ def ask(
         doc, question, questions, doc_cache, rebuild, (model, device, dtype, threads), cfg
     )
     if interactive:
+        from sepcli.commands import ask_prompt
+
         ask_prompt.run(run.lm, run.doc, run.cfg, run.reading, show)
         return
     many = questions is not None
@@ -173,6 +171,10 @@ def check_question_sources(doc: str, question: str | None, questions: str | None
 def answer(lm, prompt, question, cfg, reading, show: bool, json_out: bool, named=False) -> None:
     """Run one question and render it: streamed text, or one JSON object (``named``: with the
     question and what the shared reading did, as --questions prints)."""
+    from sepcli.commands.show import show_selection
+    from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
+    from sepcli.gemfilter.selection import Selected
+
     reused = False
     for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt, reading):
         if isinstance(event, Selected):

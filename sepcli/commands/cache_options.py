@@ -12,10 +12,12 @@ from typing import Annotated
 import typer
 
 from sepcli.cli_common import warn_ignored
-from sepcli.stream.config import METHODS, StreamConfig
-from sepcli.stream.methods import method_class
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.methods import METHODS, method_class
 
-DEFAULT_CACHE = StreamConfig()  # the defaults, defined once in the config
+# The defaults, defined once in the config (its class attributes: an instance would validate
+# itself through the method's class, which imports torch before the options are parsed).
+DEFAULT_CACHE = StreamConfig
 
 MethodOpt = Annotated[
     str, typer.Option("--method", help=f"KV cache policy: {' | '.join(METHODS)}.")

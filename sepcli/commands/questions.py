@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,13 +24,13 @@ from sepcli.commands.qa_options import (
     show_segments,
 )
 from sepcli.errors import ConfigError, InputError, SepcliError
-from sepcli.gemfilter import doc_cache
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.pipeline import prepare
-from sepcli.gemfilter.prompt import DocumentTokens, Prompt, encode_document
-from sepcli.gemfilter.reading import DocumentReading, identity, layout, make_reading
-from sepcli.models import LoadedModel
 from sepcli.stream.reader import read_text
+
+if TYPE_CHECKING:  # the options are parsed before torch loads
+    from sepcli.gemfilter.prompt import DocumentTokens, Prompt
+    from sepcli.gemfilter.reading import DocumentReading
+    from sepcli.models import LoadedModel
 
 QuestionsOpt = Annotated[
     str | None,
@@ -112,6 +112,8 @@ def open_session(
     (``load_args``: model, device, dtype, threads), check every question fits, and (gemfilter)
     read the document or load its reading. One QUESTION without --doc-cache reads nothing
     ahead: its filter pass is its own (``reading`` None, ``doc`` None)."""
+    from sepcli.gemfilter.prompt import encode_document
+
     asked = read_questions(questions, doc) if questions else []
     if question is not None:
         asked = [(0, check_question(question))]
@@ -138,6 +140,8 @@ def prepare_all(
 ) -> list[Prompt]:
     """Every question's prompt, built before any model work: a question that does not fit
     fails here, naming its line. ``doc``: the document already tokenized (None: per prompt)."""
+    from sepcli.gemfilter.pipeline import prepare
+
     prompts = []
     for n, question in questions:
         try:
@@ -152,6 +156,8 @@ def prepare_all(
 def check_cache_path(cache: str | None, doc_arg: str) -> None:
     """Refuse a --doc-cache that can never be used or written, before the model loads."""
     if cache is not None:
+        from sepcli.gemfilter import doc_cache
+
         path = Path(cache).expanduser()
         doc_cache.check_target(path, doc_arg)
         doc_cache.probe(path)
@@ -162,6 +168,9 @@ def open_reading(
 ) -> DocumentReading:
     """The document's reading: from ``cache`` when it holds this one, else read now (and
     written to ``cache``; :func:`check_cache_path` first). Progress and timings on stderr."""
+    from sepcli.gemfilter import doc_cache
+    from sepcli.gemfilter.reading import identity, layout, make_reading
+
     path = Path(cache).expanduser() if cache else None
     if path is not None:
         if not rebuild:

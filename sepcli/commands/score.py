@@ -198,13 +198,14 @@ def _score_to_stdout(job, records, counts, opts: ScoreConfig, total_bytes: int) 
     elapsed = max(time.perf_counter() - start, 1e-9)
     written, tokens = writer.written, writer.tokens
     err_console.print(
-        f"[dim]score: {written} records, {tokens} tokens in {elapsed:.1f} s "
-        f"({written / elapsed:.1f} docs/s, {tokens / elapsed:.0f} tok/s)[/]"
+        f"[dim]score: {written} record{'' if written == 1 else 's'}, {tokens} tokens in "
+        f"{elapsed:.1f} s ({written / elapsed:.1f} docs/s, {tokens / elapsed:.0f} tok/s)[/]"
     )
     writer.close(counts.replaced)
     if interrupted:
         err_console.print(
-            f"interrupted: {written} records written; continue with --skip {opts.skip + written} "
+            f"interrupted: {written} record{'' if written == 1 else 's'} written; continue with "
+            f"--skip {opts.skip + written} "
             "(same inputs and --shard)"
         )
         raise typer.Exit(128 + signum)

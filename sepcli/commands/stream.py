@@ -40,12 +40,7 @@ from sepcli.commands.cache_options import (
 from sepcli.commands.interrupt import StopFlag
 from sepcli.commands.stream_view import JsonLines, LiveView
 from sepcli.errors import CheckpointError, ConfigError, InputError
-from sepcli.memory import peak_rss_mb
-from sepcli.separators import separator_mask
-from sepcli.stream import checkpoint
 from sepcli.stream.config import StreamRun
-from sepcli.stream.engine import StreamEngine
-from sepcli.stream.metrics import RunMetrics
 from sepcli.stream.reader import ReadStats, open_input, start_token, stream_tokens
 from sepcli.stream.units import UnitTracker, stream_units
 
@@ -107,6 +102,13 @@ def stream(
     threads: ThreadsOpt = None,
 ) -> None:
     """Stream a text of any length through the model with a fixed KV cache; report perplexity."""
+    # torch loads with these, after the options are parsed (`--help` does not wait for it)
+    from sepcli.memory import peak_rss_mb
+    from sepcli.separators import separator_mask
+    from sepcli.stream import checkpoint
+    from sepcli.stream.engine import StreamEngine
+    from sepcli.stream.metrics import RunMetrics
+
     # Every check on user input happens before the model loads and before anything is written.
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
     opts = StreamRun(
@@ -128,9 +130,8 @@ def stream(
         engine = StreamEngine(lm.model, config, separator_mask(lm.tokenizer), score=opts.ppl)
         metrics = RunMetrics(engine.capacity)
         # the BOS the stream starts with, if any, is not input
-        run = checkpoint.Checkpointed(
-            "stream", lm, config, engine, metrics, head=len(start_token(lm.tokenizer))
-        )
+        meta = checkpoint.run_meta("stream", lm, config)
+        run = checkpoint.Checkpointed(meta, engine, metrics, head=len(start_token(lm.tokenizer)))
         if opts.resume is not None:
             run.restore(opts.resume)
             if opts.max_tokens is not None and opts.max_tokens <= run.input_tokens:

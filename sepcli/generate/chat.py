@@ -36,6 +36,11 @@ class ChatFormat:
         self.template = bool(getattr(tokenizer, "chat_template", None))
         self.stop: tuple[str, ...] = () if self.template else ("\nUser:",)
 
+    @property
+    def name(self) -> str:
+        """``template`` or ``plain``: what a checkpoint records (a resume must match it)."""
+        return "template" if self.template else "plain"
+
     def _render(self, messages: list[dict], prompt: bool) -> str:
         head = [{"role": "system", "content": self.system}] if self.system else []
         return self.tokenizer.apply_chat_template(
@@ -91,12 +96,14 @@ class ChatSession:
         stream: StreamConfig | None = None,
         config: GenerateConfig | None = None,
         system: str | None = None,
+        separators=None,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.stream = stream or StreamConfig()
         self.config = config or GenerateConfig()
         self.format = ChatFormat(tokenizer, system)
-        self._separators = separator_mask(tokenizer)
+        # the [vocab] separator lookup, when the caller has it (a server makes many sessions)
+        self._separators = separator_mask(tokenizer) if separators is None else separators
         self.reset()
 
     def reset(self) -> None:
@@ -128,14 +135,7 @@ class ChatSession:
         """Feed the user's turn, then yield the reply's tokens. Stopping the iteration early
         (Ctrl-C) keeps what was generated: the turn is recorded as interrupted."""
         ids = self.turn_ids(user)
-        engine = self.engine
-        limit = engine.method.limit
-        if limit is not None and engine.ring.used + len(ids) + 1 > limit:
-            raise ContextLimitError(
-                f"method {self.stream.method!r} keeps every token and this turn would pass the "
-                f"model's context of {limit} tokens ({engine.ring.used} used); /reset, or use "
-                "--method sepllm"
-            )
+        self._check_room(len(ids))
         for _ in self.decoder.prefill([ids]):
             pass
         prompt_tokens = self.decoder.prefill_tokens
@@ -157,6 +157,29 @@ class ChatSession:
                     stop_reason=d.stop_reason or "interrupt",
                     decode_tok_per_s=round(d.decode_tok_per_s, 2),
                 )
+            )
+
+    def replay(self, user: str, reply: str) -> None:
+        """Feed an earlier exchange (the user's message, then the reply as text) without
+        generating, so that a conversation read afresh from its history (an API client sends
+        the whole of it) goes on as if it had been held here."""
+        ids = self.turn_ids(user) + self.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        self._check_room(len(ids))
+        for _ in self.decoder.prefill([ids]):
+            pass
+        self.decoder.tail = ""  # the reply's close was not fed: the next turn's text brings it
+        self.turns.append(Turn(user, reply, 0, self.decoder.prefill_tokens, "history", 0.0))
+
+    def _check_room(self, n: int) -> None:
+        """ContextLimitError when ``n`` more tokens (and the reply's first) would pass the
+        method's context limit (``full``: the model's context; the other methods evict)."""
+        engine = self.engine
+        limit = engine.method.limit
+        if limit is not None and engine.ring.used + n + 1 > limit:
+            raise ContextLimitError(
+                f"method {self.stream.method!r} keeps every token and this turn would pass the "
+                f"model's context of {limit} tokens ({engine.ring.used} used); /reset, or use "
+                "--method sepllm"
             )
 
     def stats(self) -> dict:

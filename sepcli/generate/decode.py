@@ -16,16 +16,18 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from sepcli.errors import ConfigError
 from sepcli.generate.detok import Detokenizer, StopStrings
 from sepcli.generate.sampling import Sampler, SamplingConfig, stop_ids
-from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
-from sepcli.stream.engine import StreamEngine
 from sepcli.stream.reader import start_token
+
+if TYPE_CHECKING:  # GenerateConfig is read to parse options: torch loads with the engine
+    import torch
+
+    from sepcli.stream.engine import StreamEngine
 
 
 @dataclass(frozen=True)
@@ -118,24 +120,38 @@ class Decoder:
     ) -> Decoder:
         """A decoder on a fresh ring for ``model``: the engine (``score``: also the prompt's
         NLL), the tokenizer's separators (``separators`` when already known) and the model's
-        stop ids. The one set-up of ``generate``, ``chat`` and :func:`generate`."""
+        stop ids. The one set-up of ``generate``, ``chat``, ``serve`` and :func:`generate`."""
+        from sepcli.separators import separator_mask
+        from sepcli.stream.engine import StreamEngine
+
         if separators is None:
             separators = separator_mask(tokenizer)
         engine = StreamEngine(model, stream, separators, score=score)
         return cls(engine, tokenizer, sampling, stop_ids(model, tokenizer))
 
     def prefill(self, blocks: Iterable[Sequence[int]]) -> Iterator:
-        """Feed the pending token and then ``blocks`` of any size in ``config.chunk`` chunks;
-        yields the engine's per-chunk stats (constant memory however long the prompt)."""
-        start, seen = time.perf_counter(), self.engine.seen
+        """Feed the pending token and then ``blocks``; yields per-chunk stats.
+
+        ``prefill_s`` counts the engine's work only: not the time ``blocks`` takes to produce
+        the prompt (reading a file or a pipe, tokenising), nor the caller's time between
+        chunks."""
+        seen, waited = self.engine.seen, [0.0]
         if self.pending is not None:
             blocks = itertools.chain([[self.pending]], blocks)
             self.pending = None
+        self.prefill_s = 0.0
+        chunks = self.engine.run(_timed(blocks, waited))  # in config.chunk chunks
         try:
-            yield from self.engine.run(blocks)
+            while True:
+                start = time.perf_counter()
+                stats = next(chunks, None)
+                self.prefill_s += time.perf_counter() - start
+                if stats is None:
+                    return
+                yield stats
         finally:
             self.prefill_tokens = self.engine.seen - seen
-            self.prefill_s = time.perf_counter() - start
+            self.prefill_s -= waited[0]
 
     def decode(
         self, max_new_tokens: int = 0, stop: Sequence[str] = (), ignore_eos: bool = False
@@ -149,7 +165,7 @@ class Decoder:
         """
         detok, stops = Detokenizer(self.tokenizer), StopStrings(stop)
         self.stop_reason, self.tail, self.new_tokens = None, "", 0
-        self.decode_s = 0.0
+        self.decode_s = 0.0  # the decoder's own time: not the caller's between tokens
         start = time.perf_counter()
         try:
             while True:
@@ -171,12 +187,13 @@ class Decoder:
                 elif last:
                     self.stop_reason = "max"
                     text += stops.flush()
-                self.decode_s = time.perf_counter() - start
+                self.decode_s += time.perf_counter() - start
                 yield Token(tok, text)
+                start = time.perf_counter()
                 if self.stop_reason is not None:
                     return
         finally:
-            self.decode_s = time.perf_counter() - start
+            self.decode_s += time.perf_counter() - start
 
     @property
     def decode_tok_per_s(self) -> float:
@@ -194,6 +211,18 @@ class Decoder:
     def load_state_dict(self, state: dict) -> None:
         self.pending = state["pending"]
         self.sampler.load_state_dict(state["sampler"])
+
+
+def _timed(blocks: Iterable[Sequence[int]], waited: list[float]) -> Iterator[Sequence[int]]:
+    """``blocks``, adding the seconds spent waiting for each (and for the end) to waited[0]."""
+    it = iter(blocks)
+    while True:
+        start = time.perf_counter()
+        block = next(it, None)
+        waited[0] += time.perf_counter() - start
+        if block is None:
+            return
+        yield block
 
 
 def prompt_ids(tokenizer, prompt: str | Sequence[int]) -> list[int]:

@@ -4,7 +4,17 @@ Data flow: :mod:`reader` (bytes -> token ids) -> :mod:`engine` (chunks -> model 
 :mod:`ring` under one of the :mod:`methods`) -> :mod:`metrics`; :mod:`checkpoint` saves and restores it.
 """
 
-from sepcli.stream.config import METHODS, StreamConfig
-from sepcli.stream.engine import ChunkStats, StreamEngine
+from sepcli.stream.config import StreamConfig
+from sepcli.stream.methods import METHODS
 
 __all__ = ["METHODS", "ChunkStats", "StreamConfig", "StreamEngine"]
+
+
+def __getattr__(name: str):
+    # the engine (and torch) load on first use: the CLI reads StreamConfig's defaults to parse
+    # options, and `--help` must not wait for torch
+    if name in ("ChunkStats", "StreamEngine"):
+        from sepcli.stream import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

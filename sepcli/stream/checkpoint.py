@@ -44,24 +44,29 @@ def model_fingerprint(model, name: str) -> dict:
     }
 
 
+def run_meta(kind: str, lm, config, **more) -> dict:
+    """What a checkpoint records and a resume must match: the command (``kind``) that writes
+    it, the model's fingerprint, the cache config, and ``more`` (a chat's prompt ``format``)."""
+    return {
+        "kind": kind,
+        "model": model_fingerprint(lm.model, lm.name),
+        "config": config.to_dict(),
+        **more,
+    }
+
+
 class Checkpointed:
-    """One run's checkpointing: the ``meta`` it records, restoring a checkpoint into the engine
-    and into the state on top of it (``extra``: anything with state_dict/load_state_dict), and,
-    for a stream that re-reads its input, skipping what was already fed after checking it.
+    """One run's checkpointing: the ``meta`` it records (:func:`run_meta`), restoring a
+    checkpoint into the engine and into the state on top of it (``extra``: anything with
+    state_dict/load_state_dict), and, for a stream that re-reads its input, skipping what was
+    already fed after checking it.
 
     head : tokens at the start of the engine's stream that are not input (the BOS), so that
         counts shown to the user are tokens of input.
-    meta : more fields that must match on resume (a chat's prompt ``format``).
     """
 
-    def __init__(self, kind: str, lm, config, engine, extra, head: int = 0, **meta):
-        self.meta = {
-            "kind": kind,
-            "model": model_fingerprint(lm.model, lm.name),
-            "config": config.to_dict(),
-            **meta,
-        }
-        self.engine, self.extra, self.head = engine, extra, head
+    def __init__(self, meta: dict, engine, extra, head: int = 0):
+        self.meta, self.engine, self.extra, self.head = meta, engine, extra, head
         self._saved_input: dict | None = None
 
     @property

@@ -14,9 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sepcli.errors import ConfigError
-from sepcli.stream.methods import METHOD_CLASSES, method_class
+from sepcli.stream.methods import method_class
 
-METHODS = tuple(METHOD_CLASSES)  # what --method takes: one class per file in stream/methods/
 # Tokens per forward when not given (within the method's max_chunk: sepllm's window). Larger
 # chunks run bigger matmuls; chosen with `bench/stream.py throughput` (docs/models.md).
 DEFAULT_CHUNK = 224
@@ -40,7 +39,7 @@ class StreamConfig:
 
     Attributes
     ----------
-    method : which tokens the cache keeps (one of ``METHODS``).
+    method : which tokens the cache keeps (one of :data:`sepcli.stream.methods.METHODS`).
     init : the first tokens of the stream, kept forever (attention sinks; sepllm, streamingllm).
     sep : most separator tokens kept from text older than the local window (sepllm).
     window : the newest tokens, always kept (sepllm).

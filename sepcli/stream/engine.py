@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from sepcli import arch
 from sepcli.stream.checkpoint import TokenDigest
 from sepcli.stream.config import StreamConfig
-from sepcli.stream.methods import ChunkPlan, make_method
+from sepcli.stream.methods import make_method
+from sepcli.stream.methods.base import ChunkPlan
 from sepcli.stream.one_token import OneToken
 from sepcli.stream.ring import RingKV
 

@@ -55,7 +55,7 @@ def ring_inputs(c: int, chunk: int, device, dtype=torch.bfloat16, hq=HQ, hkv=HKV
 
 def sdpa_prerotated(q, k, v, slot_pos, q_pos, inv_freq):
     """Baseline operands: q, k rotated once and k, v put in position order (not timed)."""
-    from kernels.rope import rope_cos_sin, rotate
+    from sepcli.kernels.rope import rope_cos_sin, rotate
 
     order = slot_pos.argsort()
     kc, ks = rope_cos_sin(slot_pos[order], inv_freq)
@@ -80,8 +80,8 @@ def copy_bandwidth(do_bench, device, nbytes: int = 1 << 30) -> float:
 def bench_ring(do_bench, device, copy_gbs: float) -> list[dict]:
     from torch.nn.attention.bias import causal_lower_right
 
-    from kernels.ring.reference import ring_attention_reference
-    from kernels.ring.triton_impl import ring_attention_triton
+    from sepcli.kernels.ring.reference import ring_attention_reference
+    from sepcli.kernels.ring.triton_impl import ring_attention_triton
 
     rows = []
     for c in CACHES:
@@ -121,8 +121,8 @@ def bench_ring(do_bench, device, copy_gbs: float) -> list[dict]:
 
 
 def bench_scores(do_bench, device, copy_gbs: float) -> list[dict]:
-    from kernels.gemscore.reference import gemfilter_scores_reference
-    from kernels.gemscore.triton_impl import gemfilter_scores_triton
+    from sepcli.kernels.gemscore.reference import gemfilter_scores_reference
+    from sepcli.kernels.gemscore.triton_impl import gemfilter_scores_triton
 
     rows = []
     for n in SCORE_NS:
@@ -147,10 +147,10 @@ def bench_scores(do_bench, device, copy_gbs: float) -> list[dict]:
 
 def smoke(device) -> int:
     """Tiny shapes through both kernels and both references; returns a process exit code."""
-    from kernels.gemscore.reference import gemfilter_scores_reference
-    from kernels.gemscore.triton_impl import gemfilter_scores_triton
-    from kernels.ring.reference import ring_attention_reference
-    from kernels.ring.triton_impl import ring_attention_triton
+    from sepcli.kernels.gemscore.reference import gemfilter_scores_reference
+    from sepcli.kernels.gemscore.triton_impl import gemfilter_scores_triton
+    from sepcli.kernels.ring.reference import ring_attention_reference
+    from sepcli.kernels.ring.triton_impl import ring_attention_triton
 
     bad = 0
     for c, chunk, dtype in ((20, 1, torch.float32), (20, 3, torch.bfloat16)):
@@ -190,8 +190,8 @@ def compile_only(arch: int) -> int:
     from triton.backends.nvidia.compiler import get_ptxas
     from triton.compiler import ASTSource
 
-    from kernels.gemscore import triton_impl as gf
-    from kernels.ring import triton_impl as ra
+    from sepcli.kernels.gemscore import triton_impl as gf
+    from sepcli.kernels.ring import triton_impl as ra
 
     target = GPUTarget("cuda", arch, 32)
     ptxas = get_ptxas(arch).path

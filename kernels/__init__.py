@@ -8,8 +8,8 @@ import os
 
 import torch
 
-from kernels.gemscore.reference import gemfilter_scores_reference
-from kernels.ring.reference import ring_attention_reference
+from .gemscore.reference import gemfilter_scores_reference
+from .ring.reference import ring_attention_reference
 
 
 def use_triton(t: torch.Tensor) -> bool:
@@ -24,7 +24,7 @@ def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_sca
     the Triton kernel computes RoPE on the fly and ignores it.
     """
     if use_triton(q):
-        from kernels.ring.triton_impl import ring_attention_triton
+        from .ring.triton_impl import ring_attention_triton
 
         return ring_attention_triton(
             q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale
@@ -37,7 +37,7 @@ def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_sca
 def gemfilter_scores(q_last, keys, scale):
     """See :func:`kernels.gemscore.reference.gemfilter_scores_reference` for shapes."""
     if use_triton(q_last):
-        from kernels.gemscore.triton_impl import gemfilter_scores_triton
+        from .gemscore.triton_impl import gemfilter_scores_triton
 
         return gemfilter_scores_triton(q_last, keys, scale)
     return gemfilter_scores_reference(q_last, keys, scale)

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.rope import rope_cos_sin
 from sepcli.errors import UnsupportedModelError
+from sepcli.kernels.rope import rope_cos_sin
 
 
 @dataclass(frozen=True)
@@ -62,8 +62,8 @@ class Rope:
     scale: float
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [..., R] fp32 for integer ``positions`` [...] (:func:`kernels.rope.rope_cos_sin`);
-        rotate with :func:`kernels.rope.rotate`."""
+        """cos, sin [..., R] fp32 for integer ``positions`` [...] (:func:`sepcli.kernels.rope.rope_cos_sin`);
+        rotate with :func:`sepcli.kernels.rope.rotate`."""
         return rope_cos_sin(positions, self.inv_freq, self.scale)
 
 

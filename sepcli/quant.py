@@ -20,7 +20,7 @@ Two things keep the perplexity within 0.1% of fp32 where plain dynamic quantisat
 bound by memory, not by arithmetic. A layer whose fp32 weights are exactly 4-bit per group of 32
 (every projection of a GGUF Q4_1 model, dequantised) keeps them a second time as 4-bit codes
 with a step and min per group (:func:`exact_int4`), and a one-token input goes through a 4-bit
-product: the C kernel of :mod:`kernels.cpu` (activations quantised per group of 32, integer dot
+product: the C kernel of :mod:`sepcli.kernels.cpu` (activations quantised per group of 32, integer dot
 products; built once per machine), or where it cannot be built ``_weight_int4pack_mm_for_cpu``
 with bf16 activations. The LM head (int8) takes one token through the C kernel too, with the
 same numbers as the torch path. Chunks keep the int8 GEMM, which is 4x faster than a 4-bit
@@ -34,10 +34,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-import kernels.cpu
-from kernels.cpu import Q4Weight, pack_q4, q4_layout_fits
 from sepcli import arch
 from sepcli.errors import ModelError
+from sepcli.kernels import cpu
+from sepcli.kernels.cpu import Q4Weight, pack_q4, q4_layout_fits
 
 ALPHA = 0.5  # SmoothQuant migration strength: half of the outlier range moves to the weights
 GROUP = 32  # input channels per 4-bit scale and zero: a GGUF Q4_0/Q4_1 block
@@ -158,15 +158,15 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, int8{four}"
 
 
-def cpu_kernels() -> kernels.cpu.CpuKernels | None:
+def cpu_kernels() -> cpu.CpuKernels | None:
     """The C one-token kernels, built into the user cache on first use; None where they cannot
     be (:func:`cpu_kernels_missing` says why)."""
-    return kernels.cpu.load(_kernel_dir())
+    return cpu.load(_kernel_dir())
 
 
 def cpu_kernels_missing() -> str | None:
     """Why :func:`cpu_kernels` is None, or None."""
-    return kernels.cpu.why_not(_kernel_dir())
+    return cpu.why_not(_kernel_dir())
 
 
 def _kernel_dir() -> Path:

@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import kernels.cpu
 import sepcli.quant
-from kernels.cpu import pack_q4
-from kernels.cpu.reference import dequantize_q4, q4_matvec_reference
+from sepcli.kernels import cpu as kernels_cpu
+from sepcli.kernels.cpu import pack_q4
+from sepcli.kernels.cpu.reference import dequantize_q4, q4_matvec_reference
 from sepcli.quant import Int8Linear, cpu_kernels, cpu_kernels_missing, quantize_linears
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
@@ -65,7 +65,7 @@ def builds(tmp_path_factory):
             march, isa = MARCH[name]
             if not X86:
                 pytest.skip(f"-march={march} is an x86-64 build")
-            made[name] = kernels.cpu.load(tmp_path_factory.mktemp(name), march=march)
+            made[name] = kernels_cpu.load(tmp_path_factory.mktemp(name), march=march)
             assert made[name] is not None and made[name].isa == isa
         return made[name]
 
@@ -244,6 +244,6 @@ def test_auto_leaves_out_only_the_plain_build(native, monkeypatch, tmp_path):
     monkeypatch.setenv("SEPCLI_KERNELS", "auto")
     assert (cpu_kernels() is not None) == (native.isa != "plain C")
     if X86:
-        assert kernels.cpu.load(tmp_path / "v3", march="x86-64-v3").isa == "AVX2"
-        assert kernels.cpu.load(tmp_path / "plain", march="x86-64") is None  # and says why
-        assert "AVX2" in kernels.cpu.why_not(tmp_path / "plain", march="x86-64")
+        assert kernels_cpu.load(tmp_path / "v3", march="x86-64-v3").isa == "AVX2"
+        assert kernels_cpu.load(tmp_path / "plain", march="x86-64") is None  # and says why
+        assert "AVX2" in kernels_cpu.why_not(tmp_path / "plain", march="x86-64")

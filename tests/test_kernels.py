@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels.gemscore.reference import gemfilter_scores_reference
-from kernels.ring.reference import ring_attention_reference
+from sepcli import kernels
+from sepcli.kernels.gemscore.reference import gemfilter_scores_reference
+from sepcli.kernels.ring.reference import ring_attention_reference
 
 if importlib.util.find_spec("triton") is None:  # not importorskip: that would import triton
     pytest.skip("triton is not installed", allow_module_level=True)
@@ -36,11 +36,11 @@ TOL = {torch.float32: 1e-5, torch.float16: 3e-3, torch.bfloat16: 1.5e-2}
 
 
 def test_subpackages_stay_importable_next_to_the_dispatchers():
-    """`import kernels.ring.reference as x` walks attributes: a dispatcher function named like
+    """`import sepcli.kernels.ring.reference as x` walks attributes: a dispatcher function named like
     its subpackage (a function `kernels.ring` beside the folder kernels/ring/) would shadow it
     and break this."""
-    import kernels.gemscore.reference as score_ref
-    import kernels.ring.reference as ring_ref
+    import sepcli.kernels.gemscore.reference as score_ref
+    import sepcli.kernels.ring.reference as ring_ref
 
     assert ring_ref.ring_attention_reference is ring_attention_reference
     assert score_ref.gemfilter_scores_reference is gemfilter_scores_reference
@@ -53,7 +53,7 @@ def _import_kernels():
     Triton decorates its own library functions (tl.zeros, tl.sum, ...) when it is first
     imported, so the variable must be set before that import, not only before ours. It is
     restored afterwards so that modules collected later never see it."""
-    names = ("kernels.ring.triton_impl", "kernels.gemscore.triton_impl")
+    names = ("sepcli.kernels.ring.triton_impl", "sepcli.kernels.gemscore.triton_impl")
     if CUDA:
         return [importlib.import_module(n) for n in names]
     if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET") != "1":

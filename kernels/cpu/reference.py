@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels.cpu import GROUP, Q4Weight
+from . import GROUP, Q4Weight
 
 
 def quant_groups_reference(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,3 +1,3 @@
-from kernels.gemscore.reference import gemfilter_scores_reference
+from .reference import gemfilter_scores_reference
 
 __all__ = ["gemfilter_scores_reference"]

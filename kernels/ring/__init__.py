@@ -1,3 +1,3 @@
-from kernels.ring.reference import RingPlan, plan_ring, ring_attention_reference
+from .reference import RingPlan, plan_ring, ring_attention_reference
 
 __all__ = ["RingPlan", "plan_ring", "ring_attention_reference"]

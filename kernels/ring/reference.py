@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.rope import rope_cos_sin, rotate
+from ..rope import rope_cos_sin, rotate
 
 # Read every slot in place once at least this share of the ring is in use.
 FULL_ENOUGH = 0.75

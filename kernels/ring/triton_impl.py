@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import checks
+from .. import checks
 
 _LOG2E = 1.4426950408889634
 _MAX_HEAD_DIM = 256

@@ -4,7 +4,7 @@ those scores is :mod:`selection`'s job.
 
 Layers below r run as ordinary causal attention through SDPA (the n x n matrix is never built
 by us); at layer r only the keys of all n tokens and the query of the last token are computed,
-and :func:`kernels.gemfilter_scores` turns them into one score per token (per-head softmax,
+and :func:`sepcli.kernels.gemfilter_scores` turns them into one score per token (per-head softmax,
 summed over query heads, GQA-aware; Triton on CUDA). Layers above r are never called, no KV
 cache is kept and activations are dropped as soon as the next layer has them.
 
@@ -20,9 +20,9 @@ from collections.abc import Iterable, Iterator
 import torch
 import torch.nn.functional as F
 
-from kernels import gemfilter_scores
-from kernels.rope import rotate
 from sepcli import arch
+from sepcli.kernels import gemfilter_scores
+from sepcli.kernels.rope import rotate
 
 
 def causal_layer(layer, h, shape: arch.Shape, cos, sin, past=None, mask=None):
@@ -53,7 +53,7 @@ def filter_head(layer, h, shape: arch.Shape, cos, sin, window: int):
 def window_scores(q_win: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
     """Scores [B, T] of the last W queries q_win [B, Hq, W, D] over keys k [B, Hkv, T, D].
 
-    Each query row is one :func:`kernels.gemfilter_scores` call over the keys it may see
+    Each query row is one :func:`sepcli.kernels.gemfilter_scores` call over the keys it may see
     (causal: the query at position p sees keys 0..p); the W rows are summed. W = 1 is the
     paper's rule (the last token only).
     """

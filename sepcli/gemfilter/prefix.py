@@ -17,9 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
-from kernels.rope import rotate
 from sepcli import arch
 from sepcli.gemfilter.filter import causal_layer, filter_head, window_scores
+from sepcli.kernels.rope import rotate
 
 
 @dataclass

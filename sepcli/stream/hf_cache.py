@@ -38,7 +38,7 @@ the causal mask from ``get_mask_sizes()``. So this adapter:
                              max_new_tokens=5000)
 
 Batch size 1. Each ``update`` materialises the L+P rotated keys of that layer (the fused
-:func:`kernels.ring_attention` avoids this copy; use :class:`StreamEngine` for speed).
+:func:`sepcli.kernels.ring_attention` avoids this copy; use :class:`StreamEngine` for speed).
 """
 
 from __future__ import annotations
@@ -49,9 +49,9 @@ import torch
 from transformers import LogitsProcessor
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from kernels.rope import rope_cos_sin, rotate
 from sepcli import arch
 from sepcli.errors import InputError
+from sepcli.kernels.rope import rope_cos_sin, rotate
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.methods import make_method
 from sepcli.stream.ring import RingKV

@@ -11,7 +11,7 @@ calls per layer than in the 4-bit products themselves. :class:`OneToken` runs th
 
 two ways:
 
-* **C** (:mod:`kernels.cpu`, where its kernels are used): every layer in one call, for a token
+* **C** (:mod:`sepcli.kernels.cpu`, where its kernels are used): every layer in one call, for a token
   whose plan attends at cache positions (sepllm, full: ``plan.single_step()``). The call writes
   the token's k, v into the ring itself and keeps every slot's key rotated to its cache
   position in :attr:`OneToken.k_rot`, rotating only the new key while no slot moves.
@@ -30,9 +30,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels.cpu import DecodeStep
-from kernels.rope import rope_cos_sin
 from sepcli import arch
+from sepcli.kernels.cpu import DecodeStep
+from sepcli.kernels.rope import rope_cos_sin
 from sepcli.quant import Int8Linear, int4_linear
 
 _PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -79,7 +79,7 @@ class OneToken:
 
     Where every projection holds the C kernel's layout, a token that attends as the ring-step
     plans do (sepllm, full) runs the whole stack in one call of ``sep_decode_layers``
-    (:mod:`kernels.cpu`), which keeps each slot's key rotated to its cache position in
+    (:mod:`sepcli.kernels.cpu`), which keeps each slot's key rotated to its cache position in
     :attr:`k_rot` and rotates only the new key while no position moves. Other plans (the
     sliding methods' frames) take the torch step below with the same 4-bit products.
     """

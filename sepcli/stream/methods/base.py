@@ -7,7 +7,7 @@ A method answers two questions for each chunk of new tokens:
 * :meth:`Method.plan_chunk`: how the chunk's queries attend. The base plan cuts the chunk into
   *steps* at the points ``make_room`` allows (sepllm's compressions), claims the steps' slots up
   front, and lets each step attend over the ring as it stood for that step
-  (:func:`kernels.ring_attention`): exactly what feeding one token at a time would see, in one
+  (:func:`sepcli.kernels.ring_attention`): exactly what feeding one token at a time would see, in one
   forward. The sliding methods override it (:mod:`sepcli.stream.methods.sliding`).
 
 A plan is built before any layer runs (slots and RoPE tables are shared by every layer);
@@ -21,10 +21,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from kernels import ring_attention, use_triton
-from kernels.ring.reference import plan_ring
 from sepcli.arch import Rope
 from sepcli.errors import ConfigError
+from sepcli.kernels import ring_attention, use_triton
+from sepcli.kernels.ring.reference import plan_ring
 from sepcli.stream.ring import RingKV
 
 if TYPE_CHECKING:  # the config validates itself through the method classes

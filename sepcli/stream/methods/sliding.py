@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from kernels.rope import rope_cos_sin, rotate
 from sepcli.arch import Rope
 from sepcli.errors import ConfigError
+from sepcli.kernels.rope import rope_cos_sin, rotate
 from sepcli.stream.methods.base import ChunkPlan, Method
 from sepcli.stream.ring import RingKV
 

@@ -162,6 +162,15 @@ def test_gemfilter_reads_stdin_and_prints_selected_text(tiny_dir):
     assert r.exit_code == 0 and r.stdout.strip() == DOC
 
 
+@pytest.mark.parametrize("command", ["ask", "gemfilter", "calibrate"])
+def test_help_lists_topk_but_not_the_sampling_spelling(command):
+    """--top-k is sampling's option in generate/chat/serve: the GemFilter commands still take
+    it for --topk (above) but list only --topk / -k."""
+    r = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert r.exit_code == 0, r.output
+    assert "--topk" in r.output and "--top-k" not in r.output
+
+
 @pytest.mark.parametrize(
     "args,needle",
     [

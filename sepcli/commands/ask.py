@@ -32,7 +32,9 @@ from sepcli.commands.qa_options import (
     SegmentOpt,
     SmoothOpt,
     SplitOpt,
+    TopkAliasOpt,
     UnitOpt,
+    filter_topk,
 )
 from sepcli.commands.questions import (
     DocCacheOpt,
@@ -62,6 +64,7 @@ DEFAULT_QA = QAConfig()  # the defaults the option spellings above do not name
 FILTER_OPTIONS = (
     "layer",
     "topk",
+    "topk_alias",
     "smooth",
     "window",
     "protect",
@@ -85,6 +88,7 @@ def ask(
     ] = DEFAULT_QA.method,
     layer: LayerOpt = DEFAULT_LAYER,
     topk: FilterTopkOpt = DEFAULT_TOPK,
+    topk_alias: TopkAliasOpt = None,
     smooth: SmoothOpt = DEFAULT_SMOOTH,
     window: QueryWindowOpt = DEFAULT_WINDOW,
     protect: ProtectOpt = DEFAULT_PROTECT,
@@ -123,7 +127,7 @@ def ask(
     cfg = QAConfig(
         method=method,
         layer=layer,
-        topk=topk,
+        topk=filter_topk(topk, topk_alias),
         smooth=smooth,
         protect=protect,
         window=window,

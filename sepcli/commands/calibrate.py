@@ -21,7 +21,7 @@ from sepcli.cli_common import (
     load,
     out_console,
 )
-from sepcli.commands.qa_options import QueryWindowOpt
+from sepcli.commands.qa_options import QueryWindowOpt, TopkAliasOpt, filter_topk
 from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import DEFAULT_WINDOW
 
@@ -32,8 +32,9 @@ DEFAULT_CALIBRATE = cal.CalibrateConfig()  # the defaults, defined once in the c
 def calibrate(
     model: ModelOpt = MODEL_DEFAULT,
     topk: Annotated[
-        int, typer.Option("--topk", "--top-k", "-k", help="Top-k used to judge a layer.")
+        int, typer.Option("--topk", "-k", help="Top-k used to judge a layer.")
     ] = DEFAULT_CALIBRATE.topk,
+    topk_alias: TopkAliasOpt = None,
     needles: Annotated[
         int, typer.Option("--needles", help="How many different needles (1-6).")
     ] = DEFAULT_CALIBRATE.needles,
@@ -65,7 +66,12 @@ def calibrate(
     """Find the best filter layer (0-based) for a model on a synthetic needle-in-a-haystack task
     over the bundled essays; print accuracy per layer and store the choice for --layer auto."""
     opts = cal.CalibrateConfig(
-        topk=topk, needles=needles, window=window, unit=unit, lengths=lengths, save=save
+        topk=filter_topk(topk, topk_alias),
+        needles=needles,
+        window=window,
+        unit=unit,
+        lengths=lengths,
+        save=save,
     )
     topk, unit = opts.topk, opts.unit
     lm = load(model, device, dtype, threads)

@@ -29,7 +29,9 @@ from sepcli.commands.qa_options import (
     SegmentOpt,
     SmoothOpt,
     SplitOpt,
+    TopkAliasOpt,
     UnitOpt,
+    filter_topk,
 )
 from sepcli.commands.questions import (
     DocCacheOpt,
@@ -58,6 +60,7 @@ def gemfilter(
     model: ModelOpt = MODEL_DEFAULT,
     layer: LayerOpt = DEFAULT_LAYER,
     topk: FilterTopkOpt = DEFAULT_TOPK,
+    topk_alias: TopkAliasOpt = None,
     smooth: SmoothOpt = DEFAULT_SMOOTH,
     window: QueryWindowOpt = DEFAULT_WINDOW,
     split: SplitOpt = DEFAULT_SPLIT,
@@ -93,7 +96,7 @@ def gemfilter(
 
     cfg = QAConfig(
         layer=layer,
-        topk=topk,
+        topk=filter_topk(topk, topk_alias),
         smooth=smooth,
         window=window,
         split=split,

@@ -53,12 +53,14 @@ FilterTopkOpt = Annotated[
     int,
     typer.Option(
         "--topk",
-        "--top-k",
         "-k",
         help="How many document tokens the filter keeps (the k that score highest at the "
         "filter layer).",
     ),
 ]
+# --top-k is sampling's option in generate, chat and serve. ask, gemfilter and calibrate took
+# it for --topk too: it still works there, unlisted (:func:`filter_topk`).
+TopkAliasOpt = Annotated[int | None, typer.Option("--top-k", hidden=True)]
 SmoothOpt = Annotated[
     int, typer.Option("--smooth", help="Odd moving-average width over scores (1 = off).")
 ]
@@ -101,6 +103,11 @@ UnitOpt = Annotated[
         "sentences, best first, up to k document tokens).",
     ),
 ]
+
+
+def filter_topk(topk: int, alias: int | None) -> int:
+    """--topk, or the unlisted --top-k when that was given."""
+    return topk if alias is None else alias
 
 
 def clean_question(question: str) -> tuple[str, int]:

@@ -19,6 +19,7 @@ from sepcli.errors import DocCacheError
 from sepcli.files import probe_writable, write_atomic
 from sepcli.gemfilter.prefix import PrefixKV
 from sepcli.gemfilter.reading import DocumentReading
+from sepcli.stream import checkpoint
 
 FORMAT = "sepcli-doc-cache/1"
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's container: a damaged cache still starts with it
@@ -66,14 +67,7 @@ def differences(saved: dict, current: dict) -> list[str]:
     if saved.get("document_sha256") != current.get("document_sha256"):
         saved = {k: v for k, v in saved.items() if k not in _FROM_DOCUMENT}
         current = {k: v for k, v in current.items() if k not in _FROM_DOCUMENT}
-    out = []
-    for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += [f"{key}.{d}" for d in differences(a, b)]
-        elif a != b:
-            out.append(_WHAT.get(key) or f"{key} is {a!r} there, {b!r} here")
-    return out
+    return checkpoint.differences(saved, current, _WHAT)
 
 
 def load(path: Path, identity: dict) -> DocumentReading | None:

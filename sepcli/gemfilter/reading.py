@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import time
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -23,7 +22,7 @@ from sepcli.gemfilter.config import QAConfig
 from sepcli.gemfilter.prefix import PrefixKV, query_rows, read_prefix
 from sepcli.gemfilter.prompt import DocumentTokens, Prompt, template_pieces
 from sepcli.gemfilter.segments import plan_segments, question_reserve
-from sepcli.stream.checkpoint import model_fingerprint
+from sepcli.stream.checkpoint import ids_digest, model_fingerprint
 
 # A placeholder question: the template head is rendered with it, and each real question's head
 # is compared with it before the reading serves that question.
@@ -63,10 +62,6 @@ def layout(model, tokenizer, doc: DocumentTokens, cfg: QAConfig):
     return head, plan_segments(len(head), len(doc.ids), reserve, context, cfg.segment_tokens)
 
 
-def _digest(ids: list[int]) -> str:
-    return hashlib.sha256(array("q", ids).tobytes()).hexdigest()
-
-
 def identity(model, model_name: str, doc: DocumentTokens, head: list[int], bounds, cfg) -> dict:
     """What a stored reading must match: model fingerprint (weights digest, dtype), filter
     layer, prefix queries kept, the document (text and token digests), layout and head."""
@@ -76,8 +71,8 @@ def identity(model, model_name: str, doc: DocumentTokens, head: list[int], bound
         "query_rows": query_rows(cfg.window),
         "document_sha256": hashlib.sha256(doc.text.encode("utf-8", "surrogatepass")).hexdigest(),
         "document_tokens": len(doc.ids),
-        "tokens_sha256": _digest(doc.ids),
-        "template_head_sha256": _digest(head),
+        "tokens_sha256": ids_digest(doc.ids).hex(),
+        "template_head_sha256": ids_digest(head).hex(),
         "segments": [list(b) for b in bounds],
     }
 

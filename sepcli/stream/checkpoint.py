@@ -143,21 +143,32 @@ def load(path: str | Path, meta: dict) -> dict:
     if payload is None:
         raise CheckpointError(f"{path} is not a readable sepcli checkpoint")
     # ``kind`` names the command that wrote it; checkpoints from before it had one are streams'.
-    diffs = _differences({"kind": "stream", **payload.get("meta", {})}, meta)
+    diffs = differences({"kind": "stream", **payload.get("meta", {})}, meta)
     if diffs:
         raise CheckpointError(f"checkpoint {path} was written for another run: {'; '.join(diffs)}")
     return payload
 
 
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+def differences(
+    saved: dict, current: dict, words: dict[str, str] | None = None, prefix: str = ""
+) -> list[str]:
+    """What differs between two nested dicts, one phrase per differing field: ``words[field]``
+    where it has one, else "field is A there, B here" (nested fields dotted: ``model.dtype``).
+    The one comparison of a checkpoint's and a document cache's stored identity."""
+    words = words or {}
     out = []
     for key in sorted(set(saved) | set(current)):
-        a, b = saved.get(key), current.get(key)
+        a, b, field = saved.get(key), current.get(key), f"{prefix}{key}"
         if isinstance(a, dict) and isinstance(b, dict):
-            out += _differences(a, b, f"{prefix}{key}.")
+            out += differences(a, b, words, f"{field}.")
         elif a != b:
-            out.append(f"{prefix}{key} is {a!r} there, {b!r} here")
+            out.append(words.get(field) or f"{field} is {a!r} there, {b!r} here")
     return out
+
+
+def ids_digest(ids: list[int], chain: bytes = b"") -> bytes:
+    """SHA-256 of token ids (as int64), after ``chain`` (the digest so far, for a chained one)."""
+    return hashlib.sha256(chain + array("q", ids).tobytes()).digest()
 
 
 class TokenDigest:
@@ -189,7 +200,7 @@ class TokenDigest:
         self._folded += done
 
     def _hash(self, ids: list[int]) -> bytes:
-        return hashlib.sha256(self._chain + array("q", ids).tobytes()).digest()
+        return ids_digest(ids, self._chain)
 
     def hexdigest(self) -> str:
         return self._hash(self._pending).hex()

@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/models.py
 	$(PY) bench/stream.py throughput
-	$(PY) bench/niah.py speed --repeats 1
+	$(PY) bench/niah_speed.py --repeats 1
 	$(PY) bench/kernel_speed.py --smoke
 
 # More real long text for the quality benchmark: Project Gutenberg texts shipped in the PyPI

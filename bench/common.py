@@ -13,6 +13,7 @@ imports.
 from __future__ import annotations
 
 import json
+import os
 import platform
 import sys
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from sepcli.gemfilter.generate import answer_pieces
 from sepcli.gemfilter.needles import NEEDLES, make_grid
 from sepcli.stream.reader import start_token
 from sepcli.texts import essays_text
@@ -107,7 +109,7 @@ def essay_ids(tok, n: int, source: str = "essays", bos_per_line: bool = False) -
 
 
 def add_case_options(parser, max_new_tokens: int) -> None:
-    """The needle-case options that niah.py and niah_kvpress.py share, so both run the same
+    """The needle-case options that the niah_*.py benches share, so all run the same
     cases (needles 3-5 by default: the calibration uses 0-2)."""
     parser.add_argument("--lengths", type=int_list, default=None, help="document tokens")
     parser.add_argument("--depths", type=float_list, default="0.1,0.5,0.9")
@@ -150,3 +152,92 @@ def timed_feed(engine, ids: list[int]) -> float:
     if cuda:
         torch.cuda.synchronize(engine.device)
     return time.perf_counter() - t0
+
+
+def pin_threads() -> None:
+    """torch's CPU threads from OMP_NUM_THREADS when it is set (the benches' one knob)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+# ---------------------------------------------------------------------- the NIAH benches
+
+
+def niah_parser(doc: str, max_new_tokens: int = 16):
+    """The options every bench/niah_*.py takes: the model, its dtype, the needle cases and the
+    filter layer."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--model", default="smollm2")
+    parser.add_argument(
+        "--dtype", default="auto", help="as `sepcli --dtype` (auto, fp32, int8, ...)"
+    )
+    add_case_options(parser, max_new_tokens=max_new_tokens)
+    parser.add_argument(
+        "--layer", type=int, default=None, help="0-based filter layer (default: calibrated)"
+    )
+    return parser
+
+
+def add_one_case_options(parser) -> None:
+    """One question at one length (niah_speed.py, and niah_ttft.py, which hands them on)."""
+    from sepcli.gemfilter.calibrate import DEFAULT_CALIBRATION_TOPK
+
+    parser.add_argument("--topk", type=int, default=DEFAULT_CALIBRATION_TOPK)
+    parser.add_argument(
+        "--length", type=int, default=None, help="document tokens (default: context - 192)"
+    )
+
+
+def niah_start(args, load: bool = True):
+    """Threads as asked, quiet tokenizers, and (``load``) the model."""
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if load:
+        from sepcli.models import load_model
+
+        return load_model(args.model, dtype=args.dtype)
+    return None
+
+
+def answer(lm, ids: torch.Tensor, max_new: int, case) -> str:
+    """Greedy answer to prompt ``ids`` [n], as ``sepcli ask`` decodes it, read until correct."""
+    return until_correct(answer_pieces(lm.model, lm.tokenizer, ids, max_new), case)
+
+
+def judge(lm, case, prompt, idx: torch.Tensor, max_new: int) -> dict:
+    """Answer from the kept positions ``idx``; correct, answer, needle recall, tokens kept."""
+    ans = answer(lm, prompt.ids[idx], max_new, case)
+    return {
+        "correct": case.is_correct(ans),
+        "answer": ans,
+        "recall": case.recall(prompt, idx.tolist()),
+        "kept": idx.numel(),
+    }
+
+
+def plot_calibration_curves() -> None:
+    """Hit rate per layer for each stored calibration run (query window 'question' vs 1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.2))
+    for path in sorted(RESULTS.glob("niah-calibration*.json")):
+        d = json.loads(path.read_text())
+        xs = list(range(len(d["accuracy"])))
+        label = f"window={d.get('window', 1)}: hit rate (best layer {d['chosen_layer']})"
+        ax.plot(xs, d["accuracy"], marker="o", label=label)
+    ax.set_xlabel("filter layer (0-based)")
+    ax.set_ylabel(">= 50% of needle in top-k")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(
+        f"SmolLM2-135M-Instruct calibration (top-{d['topk']}, {d['cases']} cases)", fontsize=9
+    )
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(DOCS / "gemfilter-calibration.png", dpi=110)

@@ -1,4 +1,4 @@
-"""kvpress's SnapKV on the same needle-in-a-haystack cases as ``bench/niah.py grid``.
+"""kvpress's SnapKV on the same needle-in-a-haystack cases as ``bench/niah_grid.py``.
 
 kvpress is not a dependency of sepcli; this runs it from a separate folder on PYTHONPATH, next
 to our transformers (kvpress 0.5.2 accepts transformers >= 4.56; 0.5.5 pins < 5.3):

@@ -45,10 +45,9 @@ from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 from sepcli.texts import essay_paths
 
-from common import RESULTS, ROOT
+from common import RESULTS, ROOT, pin_threads
 
-if "OMP_NUM_THREADS" in os.environ:
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+pin_threads()
 
 # The essays run paragraphs together ("...end.Next paragraph"): a paragraph ends where a
 # sentence end is followed directly by a capital letter, or at a blank line.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -30,10 +29,9 @@ from sepcli.separators import SEPARATOR_CHARS, separator_mask
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
 
-from common import essay_ids, model_env, timed_feed
+from common import essay_ids, model_env, pin_threads, timed_feed
 
-if "OMP_NUM_THREADS" in os.environ:
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+pin_threads()
 
 
 def reference_separator_mask(tok) -> torch.Tensor:

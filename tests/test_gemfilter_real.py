@@ -10,7 +10,7 @@ from sepcli.gemfilter.needles import NEEDLES, make_case
 from sepcli.gemfilter.pipeline import Result, answer_text, filter_prompt, prepare, run_qa
 from sepcli.gemfilter.selection import Selected
 
-# The layer `python bench/niah.py calibrate --lengths 1024,2048 --needles 3` chose (0-based).
+# The layer `python bench/niah_calibrate.py --lengths 1024,2048 --needles 3` chose (0-based).
 SMOLLM2_LAYER = 17
 
 

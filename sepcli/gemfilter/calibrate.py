@@ -35,7 +35,7 @@ from sepcli.gemfilter.selection import sentence_units, smooth_scores, top_spans
 from sepcli.models import cache_dir
 
 FALLBACK_RATIO = 0.4
-# Layers measured with `python bench/niah.py calibrate` (bench/results/niah-calibration.json),
+# Layers measured with `python bench/niah_calibrate.py` (bench/results/niah-calibration.json),
 # used by `--layer auto` until the user runs `sepcli calibrate` on their own machine.
 MEASURED_LAYERS = {"SmolLM2-135M-Instruct": 17}
 HIT_RECALL = 0.5

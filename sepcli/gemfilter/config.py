@@ -14,8 +14,8 @@ from sepcli.generate.sampling import SamplingConfig
 QA_METHODS = ("gemfilter", "full")
 SELECTION_UNITS = ("token", "sentence")
 
-# Chosen from bench/niah.py (see docs/gemfilter.md): the defaults the CLI exposes, in the
-# spelling the CLI takes (QAConfig resolves "auto", "question" and 0 to None).
+# Chosen with the bench/niah_*.py benches (see docs/gemfilter.md): the defaults the CLI exposes,
+# in the spelling the CLI takes (QAConfig resolves "auto", "question" and 0 to None).
 DEFAULT_LAYER = "auto"  # the calibration stored for the model, else round(0.4 x layers)
 DEFAULT_TOPK = 1024
 DEFAULT_MAX_NEW_TOKENS = 64

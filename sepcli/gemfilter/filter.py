@@ -10,7 +10,7 @@ cache is kept and activations are dropped as soon as the next layer has them.
 
 Beyond the paper: ``window`` lets the last W prompt tokens vote (their scores are summed).
 On SmolLM2-135M the last token alone ranks the needle no better than chance, while the
-question's tokens together find it (bench/niah.py, docs/gemfilter.md).
+question's tokens together find it (bench/niah_grid.py, docs/gemfilter.md).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A needle is one invented sentence with a question whose answer is a single word or number;
 it is inserted at a sentence boundary at a chosen depth of a haystack cut to a chosen number
-of tokens. Shared by ``sepcli calibrate``, the tests and ``bench/niah.py``.
+of tokens. Shared by ``sepcli calibrate``, the tests and the ``bench/niah_*.py`` benches.
 """
 
 from __future__ import annotations

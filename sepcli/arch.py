@@ -62,8 +62,8 @@ class Rope:
     scale: float
 
     def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [..., R] fp32 for integer ``positions`` [...] (:func:`sepcli.kernels.rope.rope_cos_sin`);
-        rotate with :func:`sepcli.kernels.rope.rotate`."""
+        """cos, sin [..., R] fp32 for integer ``positions`` [...]
+        (:func:`sepcli.kernels.rope.rope_cos_sin`); rotate with :func:`sepcli.kernels.rope.rotate`."""
         return rope_cos_sin(positions, self.inv_freq, self.scale)
 
 

@@ -34,8 +34,9 @@ CapacityOpt = Annotated[
     typer.Option(
         "--capacity",
         help="KV cache slots, the current token's included, at most the model's context "
-        "(sepllm: > init+sep+window; full does not read it: the model's context). The paper's and official "
-        "loops' c is --capacity c+1 (they attend to c cached tokens plus the current one).",
+        "(sepllm: > init+sep+window; full does not read it: the model's context). The "
+        "paper's and official loops' c is --capacity c+1 (they attend to c cached tokens "
+        "plus the current one).",
     ),
 ]
 ChunkOpt = Annotated[

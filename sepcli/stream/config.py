@@ -23,7 +23,7 @@ DEFAULT_CHUNK = 224
 
 def _check_int(name: str, value, least: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
+        raise ConfigError(f"--{name} must be an integer, got {value!r}")
     if value < least:
         raise ConfigError(f"--{name} must be >= {least}, got {value}")
 

@@ -1,10 +1,11 @@
 """The cache methods, one per file: what each keeps, the options it reads and checks, and how a
 chunk attends under it.
 
-:mod:`base` holds the mechanism (ring steps over :func:`sepcli.kernels.ring_attention`); a new method
-is a subclass in its own file that sets ``name`` and ``reads`` and implements ``make_room`` (and,
-if its chunks need another attention plan, ``plan_chunk``), plus one line in :data:`METHODS`:
-``--method``, the config's validation and the CLI's warnings all come from there.
+:mod:`base` holds the mechanism (ring steps over :func:`sepcli.kernels.ring_attention`); a new
+method is a subclass in its own file that sets ``name`` and ``reads`` and implements
+``make_room`` (and, if its chunks need another attention plan, ``plan_chunk``), plus one line
+in :data:`METHODS`: ``--method``, the config's validation and the CLI's warnings all come from
+there.
 
 The table names the classes instead of importing them so that the CLI can list ``--method``
 before torch loads (``sepcli --help`` answers at once); a class is imported when a config

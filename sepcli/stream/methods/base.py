@@ -7,8 +7,8 @@ A method answers two questions for each chunk of new tokens:
 * :meth:`Method.plan_chunk`: how the chunk's queries attend. The base plan cuts the chunk into
   *steps* at the points ``make_room`` allows (sepllm's compressions), claims the steps' slots up
   front, and lets each step attend over the ring as it stood for that step
-  (:func:`sepcli.kernels.ring_attention`): exactly what feeding one token at a time would see, in one
-  forward. The sliding methods override it (:mod:`sepcli.stream.methods.sliding`).
+  (:func:`sepcli.kernels.ring_attention`): exactly what feeding one token at a time would see,
+  in one forward. The sliding methods override it (:mod:`sepcli.stream.methods.sliding`).
 
 A plan is built before any layer runs (slots and RoPE tables are shared by every layer);
 :meth:`ChunkPlan.attend` is then called once per layer with that layer's q, k, v.

@@ -5,6 +5,8 @@
                                              [--dtypes fp32,int8] [--n-ctx 512]
     python bench/peer_llamacpp.py decode     [--tokens 64] [--rounds 2] [--threads 2]
                                              [--dtypes fp32,int8]
+    python bench/peer_llamacpp.py busy       [--tokens 4000] [--rounds 2] [--threads 2]
+                                             [--dtypes auto] [--busy 2]
 
 `build` compiles llama.cpp's `llama-perplexity` and `llama-bench` from the llama.cpp sources
 vendored in the PyPI sdist of llama-cpp-python (downloaded with pip) into
@@ -19,6 +21,12 @@ read per second, tokens scored per second, the ratios, and each side's perplexit
 decode: `llama-bench -p 0 -n N` (token generation) against sepcli decoding one token at a time
 on the ring (StreamEngine.feed([token]) with greedy argmax of engine.last_logits) after a prompt of
 the essays, alternating rounds.
+
+busy: how each tool degrades when the machine is busy (issue 29, item 2). Each round measures
+`llama-perplexity` against `sepcli stream`, and `llama-bench -n` against `sepcli generate`
+(both as a user runs them, in subprocesses with their default environment), once on the quiet
+machine and once while --busy processes spin (one pure-Python loop each, default priority: one
+per core is a fixed competing load). Reported per tool: busy / quiet speed (1.0 = no loss).
 """
 
 from __future__ import annotations
@@ -81,16 +89,40 @@ def build() -> dict:
             subprocess.run(["tar", "xzf", str(sdist), "-C", str(src)], check=True)
         llama = tree / "vendor" / "llama.cpp"
         out = cache / "llama.cpp-build"
+        no_amx = out / "no-amx"  # marker: the native build's AMX kernels crashed here
         if not all(tool(t).is_file() for t in TARGETS):
-            subprocess.run(
-                ["cmake", "-S", str(llama), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release"]
-                + ["-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"],
-                check=True,
-            )
-            jobs = str(os.cpu_count() or 1)
-            subprocess.run(
-                ["cmake", "--build", str(out), "--target", *TARGETS, "-j", jobs], check=True
-            )
+            _cmake(llama, out, amx=not no_amx.exists())
+        if not no_amx.exists() and _amx_crashes(tree):
+            # ggml's AMX matmul (compiled in by -march=native where the CPU has AMX) died with
+            # SIGSEGV on the machines of 2026-12 (Firecracker VMs with amx_int8); llama.cpp's
+            # AVX512 path is its best working one there.
+            no_amx.parent.mkdir(parents=True, exist_ok=True)
+            no_amx.write_text("the native build's AMX matmul crashed (SIGSEGV); built without\n")
+            _cmake(llama, out, amx=False)
+    amx = "off (its AMX kernels crashed here)" if no_amx.exists() else "as -march=native"
+    return {"sdist": sdist.name, "build": str(out), "amx": amx}
+
+
+def _cmake(llama: Path, out: Path, amx: bool) -> None:
+    flags = [] if amx else ["-mno-amx-tile", "-mno-amx-int8", "-mno-amx-bf16"]
+    subprocess.run(
+        ["cmake", "-S", str(llama), "-B", str(out), "-DCMAKE_BUILD_TYPE=Release"]
+        + ["-DLLAMA_CURL=OFF", "-DGGML_NATIVE=ON", "-DBUILD_SHARED_LIBS=OFF"]
+        + [f"-DCMAKE_C_FLAGS={' '.join(flags)}", f"-DCMAKE_CXX_FLAGS={' '.join(flags)}"],
+        check=True,
+    )
+    jobs = str(os.cpu_count() or 1)
+    subprocess.run(["cmake", "--build", str(out), "--target", *TARGETS, "-j", jobs], check=True)
+
+
+def _amx_crashes(tree: Path) -> bool:
+    """Whether llama-perplexity dies of a signal on a few windows of text (the embedded model)."""
+    if "amx_int8" not in Path("/proc/cpuinfo").read_text():
+        return False
+    text = tree / "README.md"  # any English text of a few thousand tokens
+    cmd = [str(tool("llama-perplexity")), "-m", str(embedded_gguf_path()), "-f", str(text)]
+    proc = subprocess.run(cmd + ["-c", "128", "--chunks", "2"], capture_output=True)
+    return proc.returncode < 0
     return {"sdist": sdist.name, "build": str(out)}
 
 
@@ -228,6 +260,71 @@ def sepcli_decode(lm, prompt: list[int], tokens: int) -> dict:
     }
 
 
+def run_sepcli_generate(threads: int, tokens: int, dtype: str) -> dict:
+    """`sepcli generate` greedy from a short prompt, its decode rate from --json (set-up and
+    prefill excluded)."""
+    cmd = [sys.executable, "-m", "sepcli", "generate", "-p", "Once upon a time, in a small town,"]
+    cmd += ["-n", str(tokens), "--temperature", "0", "--ignore-eos", "--json", "--dtype", dtype]
+    cmd += ["--threads", str(threads), "--device", "cpu"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, cwd=ROOT)
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    return {
+        "command": "sepcli " + " ".join(cmd[3:]),
+        "dtype": summary.get("dtype"),
+        "tok_per_s": summary["decode_tok_per_s"],
+    }
+
+
+class Busy:
+    """``n`` processes spinning a pure-Python loop while the block runs (stopped after it)."""
+
+    def __init__(self, n: int):
+        self.n, self.procs = n, []
+
+    def __enter__(self):
+        spin = "while True: pass"
+        self.procs = [subprocess.Popen([sys.executable, "-c", spin]) for _ in range(self.n)]
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        for proc in self.procs:
+            proc.kill()
+            proc.wait()
+
+
+def busy(args) -> dict:
+    from sepcli.models import load_tokenizer
+
+    dtype = args.dtypes.split(",")[0]
+    sides = {
+        "llama-perplexity": lambda text: run_llama_perplexity(text, args.threads, args.n_ctx),
+        "sepcli stream": lambda text: run_sepcli_stream(text, args.threads, dtype),
+        "llama-bench -n": lambda text: llama_decode(args.threads, 64, 0),
+        "sepcli generate": lambda text: run_sepcli_generate(args.threads, 64, dtype),
+    }
+    rate = {"llama-perplexity": "read_per_s", "sepcli stream": "read_per_s"}
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        text, n = essays_file(load_tokenizer("smollm2"), args.tokens, Path(tmp))
+        for r in range(args.rounds):
+            row = {"round": r}
+            for load in (0, args.busy):
+                with Busy(load):
+                    for name, run in sides.items():
+                        out = run(text)
+                        row[f"{name} busy={load}"] = out[rate.get(name, "tok_per_s")]
+            rounds.append(row)
+            print(json.dumps(row), file=sys.stderr)
+    kept = {}
+    for name in sides:
+        quiet = max(r[f"{name} busy=0"] for r in rounds)
+        loaded = max(r[f"{name} busy={args.busy}"] for r in rounds)
+        kept[name] = round(loaded / quiet, 2)
+    return {"tokens": n, "busy_processes": args.busy, "dtype": dtype, "rounds": rounds,
+            "kept_under_load": kept}
+
+
 def decode(args) -> dict:
     models = {d: load_model("smollm2", device="cpu", dtype=d) for d in args.dtypes.split(",")}
     tok = next(iter(models.values())).tokenizer
@@ -254,13 +351,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=("build", "perplexity", "decode"))
+    parser.add_argument("mode", choices=("build", "perplexity", "decode", "busy"))
     parser.add_argument("--tokens", type=int, help="perplexity: 20000; decode: 64")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtypes", default="fp32,int8")
     parser.add_argument("--n-ctx", type=int, default=512)
     parser.add_argument("--depth", type=int, default=224, help="decode: context before it")
+    parser.add_argument("--busy", type=int, default=2, help="busy: spinning processes")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     versions = build()
@@ -268,10 +366,10 @@ def main() -> None:
         print(json.dumps(versions))
         return
     if args.tokens is None:
-        args.tokens = 20000 if args.mode == "perplexity" else 64
+        args.tokens = {"perplexity": 20000, "busy": 4000}.get(args.mode, 64)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()  # the machine may be shared: say how busy it was
-    result = perplexity(args) if args.mode == "perplexity" else decode(args)
+    result = {"perplexity": perplexity, "decode": decode, "busy": busy}[args.mode](args)
     record = {
         "bench": f"peer_llamacpp {args.mode}",
         "llama_cpp": versions["sdist"],

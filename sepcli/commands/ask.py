@@ -33,6 +33,7 @@ from sepcli.commands.qa_options import (
     TopkOpt,
     UnitOpt,
     WindowOpt,
+    check_files,
     qa_config,
     setup,
 )
@@ -43,10 +44,12 @@ from sepcli.commands.questions import (
     open_session,
     reading_fields,
 )
+from sepcli.commands.sampling_options import StopRepeatsOpt
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import (
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_SMOOTH,
+    DEFAULT_STOP_REPEATS,
     DEFAULT_TOPK,
     DEFAULT_UNIT,
 )
@@ -83,8 +86,9 @@ def ask(
     segment_tokens: SegmentOpt = 0,
     unit: UnitOpt = DEFAULT_UNIT,
     max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", help="Answer length limit.")
+        int, typer.Option("--max-new-tokens", "-n", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
+    stop_repeats: StopRepeatsOpt = DEFAULT_STOP_REPEATS,
     temperature: Annotated[float, typer.Option("--temperature", help="0 = greedy.")] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Sampling seed (with --temperature).")] = 0,
     questions: QuestionsOpt = None,
@@ -107,6 +111,7 @@ def ask(
     tokens the question points at, and answers from those; --method full reads everything.
     Many questions (--questions, or no QUESTION on a terminal: an interactive prompt) share one
     reading of DOC."""
+    check_files(doc, questions)
     cfg = qa_config(
         layer=layer,
         topk=topk,
@@ -118,6 +123,7 @@ def ask(
         method=method,
         protect=protect,
         max_new_tokens=max_new_tokens,
+        stop_repeats=stop_repeats,
         temperature=temperature,
         seed=seed,
     )

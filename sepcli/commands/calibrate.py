@@ -24,6 +24,7 @@ from sepcli.cli_common import (
 from sepcli.commands.qa_options import WindowOpt, parse_window
 from sepcli.errors import ConfigError
 from sepcli.gemfilter import calibrate as cal
+from sepcli.gemfilter.config import UNITS
 
 
 def parse_lengths(lengths: str | None) -> list[int] | None:
@@ -46,14 +47,16 @@ def calibrate(
         int, typer.Option("--needles", help="How many different needles (1-6).")
     ] = cal.DEFAULT_NEEDLE_COUNT,
     window: WindowOpt = "question",
-    unit: Annotated[
+    judge: Annotated[
         str,
         typer.Option(
-            "--unit",
+            "--judge",
             help="What counts as found: 'token' (half the needle's tokens in the top-k) or "
-            "'sentence' (whole-sentence selection keeps all of the needle).",
+            "'sentence' (whole-sentence selection keeps all of the needle; it ties on most "
+            "layers, docs/gemfilter.md). Not `ask`'s --unit: the chosen layer serves both units.",
         ),
     ] = "token",
+    unit: Annotated[str | None, typer.Option("--unit", hidden=True)] = None,  # --judge's old name
     lengths: Annotated[
         str | None,
         typer.Option(
@@ -72,7 +75,9 @@ def calibrate(
 ) -> None:
     """Find the best filter layer (0-based) for a model on a synthetic needle-in-a-haystack task
     over the bundled essays; print accuracy per layer and store the choice for --layer auto."""
-    unit = unit.strip().lower()
+    unit = (judge if unit is None else unit).strip().lower()
+    if unit not in UNITS:
+        raise ConfigError(f"--judge must be one of {', '.join(UNITS)}, got {unit!r}")
     win = parse_window(window)
     lens = parse_lengths(lengths)
     cal.check_settings(topk, unit, needles, lens)

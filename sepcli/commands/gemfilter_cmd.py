@@ -30,6 +30,7 @@ from sepcli.commands.qa_options import (
     TopkOpt,
     UnitOpt,
     WindowOpt,
+    check_files,
     qa_config,
     setup,
 )
@@ -82,6 +83,7 @@ def gemfilter(
     """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
     file before giving it to another LLM. --json: indices (into the document's tokens) and scores.
     --questions: one JSON line per question, the document read once."""
+    check_files(doc, questions)
     from sepcli.gemfilter.pipeline import filter_prompt
 
     cfg = qa_config(

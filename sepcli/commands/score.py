@@ -193,10 +193,24 @@ def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, l
         desc="score", dynamic_ncols=True,
     )  # fmt: skip
     interrupted, signum = False, 0
+    pending = batches(records, stop_at_error=not skip_bad)
     try:
         with StopFlag() as stop:
-            for batch in batches(records, stop_at_error=not skip_bad):
-                for record, outcome in zip(batch, job.score_records(batch), strict=True):
+            while True:
+                try:
+                    # Ctrl-C stops at once while records are read and scored (a batch of long
+                    # documents takes minutes); nothing of this batch is written yet.
+                    with stop.interruptible():
+                        batch = next(pending, None)
+                        if batch is None:
+                            break
+                        outcomes = job.score_records(batch)
+                except KeyboardInterrupt:
+                    if not stop.requested:
+                        raise
+                    interrupted, signum = True, stop.signum
+                    break
+                for record, outcome in zip(batch, outcomes, strict=True):
                     if outcome.error is not None and not skip_bad:
                         out.flush()
                         raise InputError(

@@ -45,8 +45,18 @@ def run_on_ray(
     written = bad = replaced = 0
     start = time.perf_counter()
     out = sys.stdout
+    rows = score_rows(files, job_kwargs, actors, gpus)
     with StopFlag() as stop:
-        for row in score_rows(files, job_kwargs, actors, gpus):
+        while True:
+            try:
+                with stop.interruptible():  # waiting on the cluster: Ctrl-C stops at once
+                    row = next(rows, None)
+            except KeyboardInterrupt:
+                if not stop.requested:
+                    raise
+                break
+            if row is None:
+                break
             replaced += row["replaced"]
             if row["out"] is None:  # a blank line
                 continue
@@ -63,11 +73,13 @@ def run_on_ray(
                 break
         out.flush()
     elapsed = time.perf_counter() - start
-    err_console.print(f"[dim]score: {written} records in {elapsed:.1f} s on Ray[/]")
+    err_console.print(
+        f"[dim]score: {written} record{'' if written == 1 else 's'} in {elapsed:.1f} s on Ray[/]"
+    )
     if replaced:
         warn(f"{replaced} undecodable byte sequence(s) replaced with U+FFFD")
     if bad:
         warn(f"{bad} record(s) could not be scored; passed through with an error field")
     if stop.requested:
-        err_console.print(f"interrupted: {written} records written")
+        err_console.print(f"interrupted: {written} record{'' if written == 1 else 's'} written")
         raise typer.Exit(128 + stop.signum)

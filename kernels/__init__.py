@@ -4,6 +4,8 @@ kernel of the same signature. The public functions here pick the kernel automati
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import os
 
 import torch
@@ -12,9 +14,17 @@ from .gemscore.reference import gemfilter_scores_reference
 from .ring.reference import ring_attention_reference
 
 
+@functools.cache
+def triton_installed() -> bool:
+    """Whether triton can be imported (the ``gpu`` extra; CUDA builds of torch bring it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
 def use_triton(t: torch.Tensor) -> bool:
-    """Triton on CUDA tensors unless the reference is forced."""
-    return t.is_cuda and os.environ.get("SEPCLI_KERNELS", "auto") != "reference"
+    """Triton on CUDA tensors when it is installed, unless the reference is forced."""
+    return (
+        t.is_cuda and os.environ.get("SEPCLI_KERNELS", "auto") != "reference" and triton_installed()
+    )
 
 
 def ring_attention(q, k_ring, v_ring, slot_pos, q_pos, inv_freq, scale, rope_scale=1.0, plan=None):

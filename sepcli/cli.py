@@ -66,17 +66,57 @@ def load_command(name: str) -> click.Command:
     single = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
     module.register(single)
     info = next(c for c in single.registered_commands if c.name == name)
-    return typer.main.get_command_from_info(
+    command = typer.main.get_command_from_info(
         info,
         pretty_exceptions_short=single.pretty_exceptions_short,
         rich_markup_mode=single.rich_markup_mode,
     )
+    return plain_types(command)
+
+
+def plain_types(command: click.Command) -> click.Command:
+    """Help that names what an option takes, and nothing for a flag: typer's help prints each
+    parameter's Python type, flags included (``--json <bool>``, ``--stop <list[str]>``). A flag
+    gets an empty metavar (the help flag too, which click builds on first use); a repeatable
+    option or a variadic argument shows its element (``<str>``, ``<str>...``)."""
+    for param in command.params:
+        _plain_type(param)
+    make_help = command.get_help_option
+
+    def get_help_option(ctx: click.Context):
+        option = make_help(ctx)
+        if option is not None:
+            _plain_type(option)
+        return option
+
+    command.get_help_option = get_help_option
+    return command
+
+
+def _plain_type(param: click.Parameter) -> None:
+    if param.metavar is not None:
+        return
+    if getattr(param, "is_flag", False):
+        param.metavar = ""
+    elif getattr(param, "multiple", False) or param.nargs == -1:
+        bare = param.bare_type() if hasattr(param, "bare_type") else "str"
+        element = f"<{bare[len('list[') : -1] if bare.startswith('list[') else bare}>"
+        if param.param_type_name == "argument":  # its name already ends in "..."
+            param.display_type_rich = lambda ctx: element  # arguments ignore a metavar there
+        else:
+            param.metavar = element
 
 
 class LazyCommands(TyperGroup):
     """The root group: lists the commands from :data:`COMMANDS`, imports one only to run it."""
 
     _listing = False  # while the root help is drawn: placeholders with the one-line help
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        for param in params:
+            _plain_type(param)
+        return params
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(COMMANDS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,18 @@ def test_every_command_has_help():
         result = runner.invoke(app, [name, "--help"])
         assert result.exit_code == 0, (name, result.output)
         assert "Usage" in result.output
+
+
+def test_help_shows_no_python_types():
+    """A flag takes no value and a repeatable option one string at a time: typer would print
+    ``--json <bool>`` and ``--stop <list[str]>`` (issue 29)."""
+    for args in [["--help"]] + [[name, "--help"] for name in command_names()]:
+        result = runner.invoke(app, args, env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        assert "<bool>" not in result.output and "<list" not in result.output, args
+    generate = runner.invoke(app, ["generate", "--help"], env={"COLUMNS": "200"}).output
+    assert re.search(r"--stop +<str> +Stop before", generate), generate
+    assert re.search(r"--json +Machine-readable", generate), generate
 
 
 def test_the_root_help_lines_are_the_commands_own():
@@ -78,6 +91,61 @@ def test_help_and_usage_errors_do_not_import_torch(args):
     verdict, proc = _probe(*args)
     want = 0 if args[-1] in ("--help", "--version") else 2
     assert verdict == f"NO-TORCH {want}", (args, proc.stderr[-800:])
+
+
+def _bad_inputs(tmp: Path) -> dict[str, Path]:
+    (tmp / "empty.txt").write_text(" \n\t\n")
+    (tmp / "binary.dat").write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 4)
+    (tmp / "cp1251.txt").write_bytes("Привет, как дела? Всё хорошо.\n".encode("cp1251") * 20)
+    return {
+        "missing": tmp / "missing.txt",
+        "empty": tmp / "empty.txt",
+        "binary": tmp / "binary.dat",
+        "cp1251": tmp / "cp1251.txt",
+    }
+
+
+WHY = {
+    "missing": "no such file",
+    "empty": "is empty",
+    "binary": "looks binary",
+    "cp1251": "is not UTF-8 text",
+}
+
+
+@pytest.mark.parametrize("kind", list(WHY))
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["stream", "{f}"],
+        ["generate", "{f}"],
+        ["ask", "{f}", "What?"],
+        ["ask", "{ok}", "--questions", "{f}"],
+        ["gemfilter", "{f}", "What?"],
+        ["chat", "--turns", "{f}"],
+        ["score", "{f}"],
+        ["score", "--lines", "{f}"],
+    ],
+)
+def test_bad_input_is_refused_before_torch_and_the_model(tmp_path, command, kind):
+    """The reader rule (sepcli/stream/reader.py) runs before anything heavy: with a --model that
+    does not exist the input error still wins, and (but for `score`, whose module imports torch
+    for its defaults) torch is never imported."""
+    (tmp_path / "ok.txt").write_text("A document.")
+    bad = _bad_inputs(tmp_path)[kind]
+    args = [a.format(f=bad, ok=tmp_path / "ok.txt") for a in command]
+    verdict, proc = _probe(*args, "--model", str(tmp_path / "no-such-model"))
+    torch_seen = "TORCH" if command[0] == "score" else "NO-TORCH"
+    assert verdict == f"{torch_seen} 2", (args, proc.stderr[-800:])
+    error = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+    assert len(error) == 1 and WHY[kind] in error[0] and str(bad) in error[0], proc.stderr
+
+
+def test_missing_checkpoints_are_refused_before_torch(tmp_path):
+    for args in (["chat", "--resume"], ["stream", "-", "--resume"]):
+        verdict, proc = _probe(*args, str(tmp_path / "gone.ckpt"), "--model", "/no/such")
+        assert verdict == "NO-TORCH 2", proc.stderr[-800:]
+        assert f"no such file: --resume {tmp_path / 'gone.ckpt'}" in proc.stderr
 
 
 def test_how_long_import_torch_takes():

@@ -193,7 +193,8 @@ def test_help_lists_topk_but_not_the_sampling_spelling(command):
         (["gemfilter", "{doc}", "q", "--window", "all"], "--window must be 'question'"),
         (["gemfilter", "{doc}", "q", "--segment-tokens", "-3"], "--segment-tokens must be >= 0"),
         (["ask", "{doc}", "q", "--unit", "word"], "--unit must be one of"),
-        (["calibrate", "--unit", "word"], "--unit must be one of"),
+        (["calibrate", "--judge", "word"], "--judge must be one of"),
+        (["calibrate", "--unit", "word"], "--judge must be one of"),  # its old name
         (["calibrate", "--lengths", ""], "--lengths is empty"),
         (["calibrate", "--lengths", " , "], "--lengths is empty"),
         (

@@ -286,3 +286,49 @@ def test_head_closing_the_pipe_exits_quietly(tiny_dir, tmp_path):
     assert len(lines) == 3 and lines[-1] == "status=0", (proc.stdout, proc.stderr)
     assert "Traceback" not in proc.stderr and "Error" not in proc.stderr
     assert time.perf_counter() - started < 300
+
+
+def test_binary_input_is_refused_before_the_model_loads(tmp_path):
+    """`sepcli score /usr/bin/ls` (issue 29) is refused at once, whatever the mode."""
+    ls = tmp_path / "ls"
+    ls.write_bytes(b"\x7fELF\x02\x01\x01\x00" + bytes(range(256)) * 64)
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    (folder / "a.jsonl").write_text('{"text": "fine"}\n')
+    (folder / "_SUCCESS").write_text("")  # empty files in a folder are let through
+    (folder / "b.jsonl").write_bytes(ls.read_bytes())
+    for args in ([str(ls)], ["--lines", str(ls)], [str(folder), "--ray", "local"]):
+        result = run([*args, "--model", str(tmp_path / "no-such-model")])
+        assert result.exit_code == 2, result.output
+        assert "looks binary" in result.stderr, result.stderr
+
+
+def test_first_ctrl_c_stops_at_once_with_the_records_written(tiny_dir, tmp_path):
+    """A score waiting for input (or scoring a long batch) stops on the first Ctrl-C, says how
+    many records were written and exits 130: stdin holds 515 records and stays open, so after the
+    first batch of 512 the run waits for more."""
+    from sepcli.score.job import BATCH_RECORDS
+
+    out_path, err_path = tmp_path / "out.jsonl", tmp_path / "err.txt"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    rows = [{"id": i, "text": f"Record {i}."} for i in range(BATCH_RECORDS + 3)]
+    with open(out_path, "wb") as out, open(err_path, "wb") as err:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "sepcli", "score", "-", *opts(tiny_dir)],
+            stdin=subprocess.PIPE, stdout=out, stderr=err, env=env, cwd=ROOT,
+        )  # fmt: skip
+        proc.stdin.write(jsonl(rows).encode())
+        proc.stdin.flush()
+        deadline = time.monotonic() + 240
+        while out_path.read_bytes().count(b"\n") < BATCH_RECORDS:
+            assert proc.poll() is None and time.monotonic() < deadline, err_path.read_text()
+            time.sleep(0.2)
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        proc.stdin.close()
+    stderr = err_path.read_text()
+    assert code == 130, stderr
+    assert f"interrupted: {BATCH_RECORDS} records written; continue with --skip" in stderr
+    assert len(out_path.read_text().splitlines()) == BATCH_RECORDS
+    assert "error: interrupted" not in stderr

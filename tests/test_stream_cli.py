@@ -262,3 +262,17 @@ def test_sigterm_stops_cleanly_with_summary_and_checkpoint(tiny_dir, text, tmp_p
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["event"] == "summary" and summary["interrupted"] is True
     assert 0 < summary["tokens"] < 40000 and ck.is_file() and "Traceback" not in err
+
+
+def test_a_file_of_known_size_reports_how_much_is_done(tiny_dir, text, tmp_path):
+    """Progress of a file (or of --max-tokens) carries done_pct and an ETA; stdin has neither."""
+    path = tmp_path / "t.txt"
+    path.write_text(text * 4)
+    out = lines(run([str(path), *base(tiny_dir, "--interval", "0", "--chunk", "8")]))
+    done = [x["done_pct"] for x in out[:-1]]
+    assert len(done) > 5 and done == sorted(done) and 0 < done[0] < 50 and done[-1] > 90
+    assert all(x["eta_s"] >= 0 for x in out[:-1])
+    capped = lines(run([str(path), *base(tiny_dir, "--interval", "0", "--max-tokens", "160")]))
+    assert capped[-2]["done_pct"] == 100.0 and capped[-2]["tokens"] == 160
+    piped = lines(run(["-", *base(tiny_dir, "--interval", "0")], input=text))
+    assert all("done_pct" not in x for x in piped)

@@ -151,3 +151,57 @@ def test_smollm2_perplexity_on_the_essays_is_sane(real_model):
     assert nll.numel() == len(ids) - 1
     assert max(s.cache_peak for s in stats) == 324  # compressions happened
     assert math.exp(nll.mean()) < 100
+
+
+# The reader rule (sepcli/stream/reader.py): what is text and what is refused.
+FRENCH = "Le café est très bon, déjà prêt à côté de la fenêtre; où est l'élève? " * 40
+
+
+@pytest.mark.parametrize(
+    "data, why",
+    [
+        (b"\x7fELF\x02\x01\x01\x00" + b"x" * 100, "looks binary"),
+        (b"plain text" * 900 + b"\x00", None),  # a NUL past the first 8 KiB is not looked at
+        (b"\xff\xfeh\x00i\x00", "UTF-16"),
+        (("Привет, как дела? " * 50).encode("cp1251"), "not UTF-8 text"),
+        (("日本語のテキストです。" * 50).encode("shift_jis"), "not UTF-8 text"),
+        (FRENCH.encode("latin-1"), None),  # a few stray bytes: replaced and warned, not refused
+        (FRENCH.encode(), None),
+        ("日本語".encode() * 2730 + "日".encode()[:2], None),  # a character cut at 8 KiB
+    ],
+)
+def test_refuse_binary_is_the_documented_rule(data, why):
+    from sepcli.stream.reader import refuse_binary
+
+    if why is None:
+        refuse_binary(data, "x")
+    else:
+        with pytest.raises(InputError, match=why):
+            refuse_binary(data, "x")
+
+
+def test_check_text_file_reads_only_what_it_needs(tmp_path):
+    import gzip
+
+    from sepcli.stream.reader import BLOCK_BYTES, check_text_file
+
+    spaces = tmp_path / "late.txt"  # text only after three blocks of whitespace
+    spaces.write_bytes(b" \n" * (3 * BLOCK_BYTES) + b"word")
+    check_text_file(str(spaces))
+    blank = tmp_path / "blank.txt"
+    blank.write_bytes(b" \n\t" * 10000)
+    with pytest.raises(InputError, match="is empty"):
+        check_text_file(str(blank))
+    check_text_file(str(blank), allow_empty=True)
+    packed = tmp_path / "a.jsonl.gz"
+    packed.write_bytes(gzip.compress(b'{"text": "hi"}\n'))
+    check_text_file(str(packed), gz=True)
+    with pytest.raises(InputError, match="looks binary"):  # read as text, the gzip is binary
+        check_text_file(str(packed))
+    fake = tmp_path / "fake.gz"
+    fake.write_text("not gzip at all")
+    with pytest.raises(InputError, match="not a valid gzip"):
+        check_text_file(str(fake), gz=True)
+    with pytest.raises(InputError, match="is a directory"):
+        check_text_file(str(tmp_path))
+    check_text_file("-")  # stdin: checked as it is read

@@ -34,6 +34,7 @@ from sepcli.commands.qa_options import (
     SplitOpt,
     TopkAliasOpt,
     UnitOpt,
+    check_files,
     filter_topk,
 )
 from sepcli.commands.questions import (
@@ -43,6 +44,7 @@ from sepcli.commands.questions import (
     open_session,
     reading_fields,
 )
+from sepcli.commands.sampling_options import StopRepeatsOpt
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import (
     DEFAULT_LAYER,
@@ -51,6 +53,7 @@ from sepcli.gemfilter.config import (
     DEFAULT_SEGMENT_TOKENS,
     DEFAULT_SMOOTH,
     DEFAULT_SPLIT,
+    DEFAULT_STOP_REPEATS,
     DEFAULT_TOPK,
     DEFAULT_UNIT,
     DEFAULT_WINDOW,
@@ -96,8 +99,9 @@ def ask(
     segment_tokens: SegmentOpt = DEFAULT_SEGMENT_TOKENS,
     unit: UnitOpt = DEFAULT_UNIT,
     max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", help="Answer length limit.")
+        int, typer.Option("--max-new-tokens", "-n", help="Answer length limit.")
     ] = DEFAULT_MAX_NEW_TOKENS,
+    stop_repeats: StopRepeatsOpt = DEFAULT_STOP_REPEATS,
     temperature: Annotated[
         float, typer.Option("--temperature", help="0 = greedy.")
     ] = DEFAULT_QA.temperature,
@@ -124,6 +128,7 @@ def ask(
     tokens the question points at, and answers from those; --method full reads everything.
     Many questions (--questions, or no QUESTION on a terminal: an interactive prompt) share one
     reading of DOC."""
+    check_files(doc, questions)
     cfg = QAConfig(
         method=method,
         layer=layer,
@@ -135,6 +140,7 @@ def ask(
         segment_tokens=segment_tokens,
         unit=unit,
         max_new_tokens=max_new_tokens,
+        stop_repeats=stop_repeats,
         temperature=temperature,
         seed=seed,
     )

@@ -39,14 +39,16 @@ def calibrate(
         int, typer.Option("--needles", help="How many different needles (1-6).")
     ] = DEFAULT_CALIBRATE.needles,
     window: QueryWindowOpt = DEFAULT_WINDOW,
-    unit: Annotated[
+    judge: Annotated[
         str,
         typer.Option(
-            "--unit",
+            "--judge",
             help="What counts as found: 'token' (half the needle's tokens in the top-k) or "
-            "'sentence' (whole-sentence selection keeps all of the needle).",
+            "'sentence' (whole-sentence selection keeps all of the needle; it ties on most "
+            "layers, docs/gemfilter.md). Not `ask`'s --unit: the chosen layer serves both units.",
         ),
-    ] = DEFAULT_CALIBRATE.unit,
+    ] = DEFAULT_CALIBRATE.judge,
+    unit: Annotated[str | None, typer.Option("--unit", hidden=True)] = None,  # --judge's old name
     lengths: Annotated[
         str | None,
         typer.Option(
@@ -69,11 +71,11 @@ def calibrate(
         topk=filter_topk(topk, topk_alias),
         needles=needles,
         window=window,
-        unit=unit,
+        judge=judge if unit is None else unit,
         lengths=lengths,
         save=save,
     )
-    topk, unit = opts.topk, opts.unit
+    topk, unit = opts.topk, opts.judge
     lm = load(model, device, dtype, threads)
     ctx = lm.model.config.max_position_embeddings
     given = None if opts.lengths is None else list(opts.lengths)

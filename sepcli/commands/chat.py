@@ -44,13 +44,15 @@ from sepcli.commands.sampling_options import (
     MaxNewOpt,
     SeedOpt,
     StopOpt,
+    StopRepeatsOpt,
     TemperatureOpt,
     TopKOpt,
     TopPOpt,
     generate_config,
 )
 from sepcli.errors import SepcliError
-from sepcli.stream.reader import ReadStats
+from sepcli.generate.repeats import DEFAULT_TIMES
+from sepcli.stream.reader import ReadStats, check_path, check_text_file
 
 if TYPE_CHECKING:
     from sepcli.generate.chat import ChatSession
@@ -114,6 +116,7 @@ def chat(
     seed: SeedOpt = DEFAULT_SAMPLING.seed,
     stop: StopOpt = None,
     ignore_eos: IgnoreEosOpt = False,
+    stop_repeats: StopRepeatsOpt = DEFAULT_TIMES,
     model: ModelOpt = MODEL_DEFAULT,
     method: MethodOpt = DEFAULT_CACHE.method,
     init: InitOpt = DEFAULT_CACHE.init,
@@ -136,6 +139,10 @@ def chat(
     threads: ThreadsOpt = None,
 ) -> None:
     """Chat with the model; every turn flows into one fixed-size KV cache, never re-encoded."""
+    if resume is not None:  # before torch and the model load
+        check_path(resume, "--resume")
+    if turns_file is not None:
+        check_text_file(turns_file)
     # torch loads with these, after the options are parsed (`--help` does not wait for it)
     from sepcli.commands.chat_repl import Repl
     from sepcli.generate.chat import ChatSession
@@ -143,7 +150,9 @@ def chat(
     from sepcli.stream import checkpoint
 
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
-    gen = generate_config(max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
+    gen = generate_config(
+        max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, stop_repeats
+    )
     if checkpoint_path is not None:
         checkpoint.check_target(checkpoint_path)
     stats = ReadStats()

@@ -111,3 +111,5 @@ class Repl:
         turn = self.session.turns[-1]
         if turn.stop_reason == "interrupt":
             err_console.print("[dim](reply stopped)[/]")
+        elif turn.stop_reason == "repeat":
+            err_console.print("[dim](reply stopped: it began to repeat itself; --stop-repeats)[/]")

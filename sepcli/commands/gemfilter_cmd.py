@@ -31,6 +31,7 @@ from sepcli.commands.qa_options import (
     SplitOpt,
     TopkAliasOpt,
     UnitOpt,
+    check_files,
     filter_topk,
 )
 from sepcli.commands.questions import (
@@ -92,6 +93,7 @@ def gemfilter(
     """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
     file before giving it to another LLM. --json: indices (into the document's tokens) and scores.
     --questions: one JSON line per question, the document read once."""
+    check_files(doc, questions)
     from sepcli.gemfilter.pipeline import filter_prompt
 
     cfg = QAConfig(

@@ -45,6 +45,7 @@ from sepcli.commands.sampling_options import (
     MaxNewOpt,
     SeedOpt,
     StopOpt,
+    StopRepeatsOpt,
     TemperatureOpt,
     TopKOpt,
     TopPOpt,
@@ -52,7 +53,14 @@ from sepcli.commands.sampling_options import (
 )
 from sepcli.errors import ConfigError, InputError
 from sepcli.generate.decode import Decoder, GenerateConfig
-from sepcli.stream.reader import ReadStats, open_input, start_token, text_blocks, token_blocks
+from sepcli.stream.reader import (
+    ReadStats,
+    check_text_file,
+    open_input,
+    start_token,
+    text_blocks,
+    token_blocks,
+)
 
 DEFAULT_MAX_NEW = GenerateConfig().max_new_tokens
 
@@ -122,6 +130,7 @@ def generate(
     seed: SeedOpt = DEFAULT_SAMPLING.seed,
     stop: StopOpt = None,
     ignore_eos: IgnoreEosOpt = False,
+    stop_repeats: StopRepeatsOpt = 0,
     model: ModelOpt = MODEL_DEFAULT,
     method: MethodOpt = DEFAULT_CACHE.method,
     init: InitOpt = DEFAULT_CACHE.init,
@@ -138,12 +147,16 @@ def generate(
     threads: ThreadsOpt = None,
 ) -> None:
     """Generate text after a prompt of any length, on a fixed-size KV cache (endless with -n 0)."""
+    if file is not None:
+        check_text_file(file)  # the reader rule, before torch and the model load
     # torch loads with these, after the options are parsed (`--help` does not wait for it)
     from sepcli.memory import peak_rss_mb
     from sepcli.stream.metrics import RunMetrics
 
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
-    gen = generate_config(max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
+    gen = generate_config(
+        max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos, stop_repeats
+    )
     if file is not None and prompt is not None:
         raise ConfigError("give the prompt either as PROMPT_FILE or as --prompt, not both")
     if file is None and prompt is None:
@@ -178,7 +191,9 @@ def generate(
                 warn("the prompt is empty: generating from the BOS token alone")
             reason = "interrupt"
             if not flag.requested:
-                for tok in decoder.decode(gen.max_new_tokens, gen.stop, gen.ignore_eos):
+                for tok in decoder.decode(
+                    gen.max_new_tokens, gen.stop, gen.ignore_eos, gen.stop_repeats
+                ):
                     if tok.text:
                         pieces.append(tok.text)
                         if not use_json:

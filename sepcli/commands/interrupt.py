@@ -6,17 +6,34 @@ The command checks ``flag.requested`` between chunks (or batches, or tokens), wr
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
+from collections.abc import Iterator
 
 
 class StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to stop after the current piece (a second Ctrl-C aborts)."""
+    """Ctrl-C / SIGTERM ask the loop to stop after the current piece (a second Ctrl-C aborts).
+
+    Inside :meth:`interruptible` the first signal stops at once instead (KeyboardInterrupt, with
+    ``requested`` set): for work that may take long and is dropped whole, such as a batch of
+    `score` whose records are not yet written."""
 
     def __init__(self):
         self.requested = False
         self.signum = 0  # the signal that asked to stop
         self._saved = {}
+        self._at_once = False
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        self._at_once = True
+        try:
+            if self.requested:  # asked while the last piece was being written
+                raise KeyboardInterrupt
+            yield
+        finally:
+            self._at_once = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -28,6 +45,8 @@ class StopFlag:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested, self.signum = True, signum
+        if self._at_once:
+            raise KeyboardInterrupt
 
     def __exit__(self, *exc):
         for sig, handler in self._saved.items():

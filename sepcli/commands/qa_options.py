@@ -15,7 +15,7 @@ import typer
 from sepcli.cli_common import err_console, warn
 from sepcli.errors import InputError
 from sepcli.gemfilter.config import QAConfig
-from sepcli.stream.reader import read_text
+from sepcli.stream.reader import check_text_file, read_text
 
 if TYPE_CHECKING:  # the options are parsed before torch loads
     from sepcli.gemfilter.prompt import Prompt
@@ -126,6 +126,13 @@ def check_question(question: str) -> str:
     if replaced:
         warn(f"{replaced} undecodable byte(s) in the question replaced with U+FFFD")
     return question
+
+
+def check_files(doc: str, questions: str | None) -> None:
+    """The reader rule on DOC and the --questions file, before torch and the model load."""
+    check_text_file(doc)
+    if questions is not None:
+        check_text_file(questions)
 
 
 def read_document(doc: str) -> str:

@@ -36,6 +36,15 @@ StopOpt = Annotated[
     list[str] | None,
     typer.Option("--stop", help="Stop before this string (repeatable)."),
 ]
+StopRepeatsOpt = Annotated[
+    int,
+    typer.Option(
+        "--stop-repeats",
+        metavar="N",
+        help="Stop when the text loops: the last tokens are one span of 8 or more tokens said N "
+        "times in a row (0: off).",
+    ),
+]
 IgnoreEosOpt = Annotated[
     bool, typer.Option("--ignore-eos", help="Keep generating past the end-of-sequence token.")
 ]
@@ -49,6 +58,7 @@ def generate_config(
     seed: int,
     stop: list[str] | None,
     ignore_eos: bool,
+    stop_repeats: int = 0,
 ) -> GenerateConfig:
     """The validated GenerateConfig of the command line (ConfigError on bad values)."""
     try:
@@ -63,4 +73,5 @@ def generate_config(
         stop=tuple(stop or ()),
         ignore_eos=ignore_eos,
         sampling=sampling,
+        stop_repeats=stop_repeats,
     )

@@ -176,10 +176,24 @@ def _score_to_stdout(job, records, counts, opts: ScoreConfig, total_bytes: int) 
         desc="score", dynamic_ncols=True,
     )  # fmt: skip
     interrupted, signum = False, 0
+    pending = batches(records, stop_at_error=not opts.skip_bad)
     try:
         with StopFlag() as stop:
-            for batch in batches(records, stop_at_error=not opts.skip_bad):
-                for record, outcome in zip(batch, job.score_records(batch), strict=True):
+            while True:
+                try:
+                    # Ctrl-C stops at once while records are read and scored (a batch of long
+                    # documents takes minutes); nothing of this batch is written yet.
+                    with stop.interruptible():
+                        batch = next(pending, None)
+                        if batch is None:
+                            break
+                        outcomes = job.score_records(batch)
+                except KeyboardInterrupt:
+                    if not stop.requested:
+                        raise
+                    interrupted, signum = True, stop.signum
+                    break
+                for record, outcome in zip(batch, outcomes, strict=True):
                     tokens = outcome.score.tokens if outcome.score else 0
                     writer.write(record.where, outcome.parts, outcome.error, tokens)
                     bar.update(record.size)

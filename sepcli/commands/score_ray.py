@@ -38,8 +38,18 @@ def run_on_ray(files: list[str], job_kwargs: dict, opts: ScoreConfig) -> None:
     writer = RecordWriter(opts.skip_bad)
     replaced = 0
     start = time.perf_counter()
+    rows = score_rows(files, job_kwargs, opts.ray_actors, opts.ray_gpus)
     with StopFlag() as stop:
-        for row in score_rows(files, job_kwargs, opts.ray_actors, opts.ray_gpus):
+        while True:
+            try:
+                with stop.interruptible():  # waiting on the cluster: Ctrl-C stops at once
+                    row = next(rows, None)
+            except KeyboardInterrupt:
+                if not stop.requested:
+                    raise
+                break
+            if row is None:
+                break
             replaced += row["replaced"]
             if row["out"] is None:  # a blank line
                 continue
@@ -49,8 +59,11 @@ def run_on_ray(files: list[str], job_kwargs: dict, opts: ScoreConfig) -> None:
                 break
         writer.flush()
     elapsed = time.perf_counter() - start
-    err_console.print(f"[dim]score: {writer.written} records in {elapsed:.1f} s on Ray[/]")
+    written = writer.written
+    err_console.print(
+        f"[dim]score: {written} record{'' if written == 1 else 's'} in {elapsed:.1f} s on Ray[/]"
+    )
     writer.close(replaced)
     if stop.requested:
-        err_console.print(f"interrupted: {writer.written} records written")
+        err_console.print(f"interrupted: {written} record{'' if written == 1 else 's'} written")
         raise typer.Exit(128 + stop.signum)

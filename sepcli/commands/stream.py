@@ -41,7 +41,14 @@ from sepcli.commands.interrupt import StopFlag
 from sepcli.commands.stream_view import JsonLines, LiveView
 from sepcli.errors import CheckpointError, ConfigError, InputError
 from sepcli.stream.config import StreamRun
-from sepcli.stream.reader import ReadStats, open_input, start_token, stream_tokens
+from sepcli.stream.reader import (
+    ReadStats,
+    check_path,
+    check_text_file,
+    open_input,
+    start_token,
+    stream_tokens,
+)
 from sepcli.stream.units import UnitTracker, stream_units
 
 DEFAULT_RUN = StreamRun()  # the run options' defaults, defined once in the config
@@ -102,6 +109,9 @@ def stream(
     threads: ThreadsOpt = None,
 ) -> None:
     """Stream a text of any length through the model with a fixed KV cache; report perplexity."""
+    check_text_file(file)  # the reader rule, before torch and the model load
+    if resume is not None:
+        check_path(resume, "--resume")
     # torch loads with these, after the options are parsed (`--help` does not wait for it)
     from sepcli.memory import peak_rss_mb
     from sepcli.separators import separator_mask
@@ -152,6 +162,18 @@ def stream(
 
         stats = ReadStats()
         blocks = [] if opts.per else stream_tokens(lm.tokenizer, source, stats, opts.max_tokens)
+        size, made = input_size(file), [0]  # tokens the reader has made so far
+        blocks = _counted(blocks, made)
+
+        def done_fraction() -> float | None:
+            """How much of the run is done: of --max-tokens, else of the file, estimated as the
+            share of the bytes read times the share of their tokens the engine has taken."""
+            if opts.max_tokens is not None:
+                return run.input_tokens / opts.max_tokens
+            if not size or not made[0]:
+                return None
+            return stats.bytes_read / size * min(1.0, engine.seen / made[0])
+
         if opts.resume is not None:  # read past what the checkpoint fed, checking it is the same
             blocks = run.skip_fed(blocks)
         if opts.checkpoint is not None:
@@ -171,7 +193,7 @@ def stream(
                 interrupted = stop.requested
             for chunk in engine.run(blocks):
                 metrics.update(chunk)
-                renderer.progress(metrics.snapshot())
+                renderer.progress(with_eta(metrics.snapshot(), done_fraction()))
                 if opts.every and engine.seen - last_saved >= opts.every:
                     run.save(opts.checkpoint)
                     last_saved = engine.seen
@@ -206,6 +228,34 @@ def stream(
             )
         if interrupted:
             raise typer.Exit(128 + stop.signum)  # 130 for Ctrl-C, 143 for SIGTERM
+
+
+def _counted(blocks, made: list[int]):
+    for block in blocks:
+        made[0] += len(block)
+        yield block
+
+
+def input_size(file: str) -> int | None:
+    """Bytes of a regular file (None for stdin, a pipe or a device: unknown)."""
+    if file == "-":
+        return None
+    p = Path(file).expanduser()
+    return p.stat().st_size if p.is_file() else None
+
+
+def with_eta(snap: dict, fraction: float | None) -> dict:
+    """``snap`` plus ``done_pct`` and ``eta_s`` (from the elapsed time) when the size is known."""
+    if fraction is None:
+        return snap
+    fraction = min(max(fraction, 0.0), 1.0)
+    elapsed = snap.get("elapsed_s") or 0.0
+    eta = elapsed * (1 - fraction) / fraction if fraction > 0 else None
+    return {
+        **snap,
+        "done_pct": round(100 * fraction, 1),
+        "eta_s": None if eta is None else round(eta),
+    }
 
 
 def register(app: typer.Typer) -> None:

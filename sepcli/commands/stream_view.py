@@ -74,4 +74,8 @@ def _table(snap: dict, title: str = "streaming") -> Table:
     table.add_row("cache slots", cache)
     table.add_row("memory (RSS MiB)", fmt(snap.get("rss_mb"), 0))
     table.add_row("elapsed s", fmt(snap.get("elapsed_s"), 1))
+    if snap.get("done_pct") is not None:
+        eta = snap.get("eta_s")
+        left = "-" if eta is None else f"{eta // 3600:d}:{eta // 60 % 60:02d}:{eta % 60:02d}"
+        table.add_row("done", f"{snap['done_pct']:.1f} % · ETA {left}")
     return table

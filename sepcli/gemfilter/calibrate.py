@@ -27,7 +27,13 @@ import torch
 from sepcli import arch
 from sepcli.errors import ConfigError
 from sepcli.files import write_atomic
-from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_WINDOW, check_unit, parse_window
+from sepcli.gemfilter.config import (
+    DEFAULT_SMOOTH,
+    DEFAULT_WINDOW,
+    SELECTION_UNITS,
+    check_unit,
+    parse_window,
+)
 from sepcli.gemfilter.filter import layer_scores
 from sepcli.gemfilter.needles import NEEDLES, NeedleCase, make_grid
 from sepcli.gemfilter.prompt import build_prompt
@@ -84,24 +90,27 @@ class CalibrateConfig:
 
     topk : top-k used to judge a layer. needles : how many different needles (1-6).
     window : whose queries score (as :class:`~sepcli.gemfilter.config.QAConfig`; stored
-        resolved). unit : what counts as found (``token`` | ``sentence``). lengths : haystack
-        lengths in tokens (None: :func:`default_lengths`). save : store the choice for
-        ``--layer auto``.
+        resolved). judge : what counts as found (``token`` | ``sentence``; not ``ask``'s
+        ``--unit``: the chosen layer serves both). lengths : haystack lengths in tokens (None:
+        :func:`default_lengths`). save : store the choice for ``--layer auto``.
     """
 
     topk: int = DEFAULT_CALIBRATION_TOPK
     needles: int = DEFAULT_NEEDLE_COUNT
     window: int | str | None = DEFAULT_WINDOW
-    unit: str = "token"
+    judge: str = "token"
     lengths: tuple[int, ...] | str | None = None
     save: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "unit", self.unit.strip().lower())
+        judge = self.judge.strip().lower()
+        if judge not in SELECTION_UNITS:
+            raise ConfigError(f"--judge must be one of {', '.join(SELECTION_UNITS)}, got {judge!r}")
+        object.__setattr__(self, "judge", judge)
         object.__setattr__(self, "window", parse_window(self.window))
         object.__setattr__(self, "lengths", parse_lengths(self.lengths))
         lengths = None if self.lengths is None else list(self.lengths)
-        check_settings(self.topk, self.unit, self.needles, lengths)
+        check_settings(self.topk, self.judge, self.needles, lengths)
 
 
 def haystack_lengths(context_length: int, lengths: list[int] | None, topk: int) -> list[int]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sepcli.errors import ConfigError
+from sepcli.generate.repeats import DEFAULT_TIMES as DEFAULT_STOP_REPEATS
+from sepcli.generate.repeats import check_times
 from sepcli.generate.sampling import SamplingConfig
 
 QA_METHODS = ("gemfilter", "full")
@@ -95,6 +97,8 @@ class QAConfig:
         sentences, best first by their highest token score, up to k document tokens; smoothing
         does not apply).
     max_new_tokens: decoding; temperature (0 = greedy), seed: :attr:`sampling`.
+    stop_repeats: end the answer when it loops, a span of 8+ tokens said this many times in a
+        row (:mod:`sepcli.generate.repeats`; 0 = off).
     """
 
     method: str = "gemfilter"
@@ -109,6 +113,7 @@ class QAConfig:
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS
     temperature: float = SamplingConfig.temperature
     seed: int = SamplingConfig.seed
+    stop_repeats: int = DEFAULT_STOP_REPEATS
 
     def __post_init__(self):
         if self.method not in QA_METHODS:
@@ -132,6 +137,7 @@ class QAConfig:
         if self.max_new_tokens <= 0:
             raise ConfigError(f"--max-new-tokens must be > 0, got {self.max_new_tokens}")
         self.sampling  # noqa: B018 - checks temperature and seed (the sampler's own rule)
+        check_times(self.stop_repeats)
 
     @property
     def sampling(self) -> SamplingConfig:

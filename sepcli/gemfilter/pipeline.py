@@ -19,6 +19,7 @@ from sepcli.gemfilter.prompt import DocumentTokens, Prompt, build_prompt
 from sepcli.gemfilter.reading import DocumentReading
 from sepcli.gemfilter.segments import check_answer_fits, plan, split_scores
 from sepcli.gemfilter.selection import Selected, choose_positions
+from sepcli.generate.repeats import RepeatGuard
 from sepcli.memory import PeakMemory
 
 
@@ -43,6 +44,7 @@ class Result:
     peak_mem_kind: str
     new_tokens: int
     segments: int | None
+    stop_reason: str = "eos"  # eos | max | repeat (sepcli.generate.repeats)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -132,13 +134,19 @@ def run_qa(
         else:
             ids = prompt.ids
         answer = answer_pieces(model, tokenizer, ids, cfg.max_new_tokens, cfg.sampling)
-        for piece, _ in answer:
+        loops, stop_reason = RepeatGuard(cfg.stop_repeats), "eos"
+        for piece, tok in answer:
             n_new += 1
             if ttft is None:
                 ttft = time.perf_counter() - t0
             if piece:
                 pieces.append(piece)
                 yield AnswerText(piece)
+            if loops.push(tok):
+                stop_reason = "repeat"
+                break
+        else:
+            stop_reason = "max" if n_new >= cfg.max_new_tokens else "eos"
     gem = cfg.method == "gemfilter"
     yield Result(
         answer="".join(pieces),
@@ -153,6 +161,7 @@ def run_qa(
         peak_mem_kind=mem.kind,
         new_tokens=n_new,
         segments=segments,
+        stop_reason=stop_reason,
     )
 
 

@@ -142,7 +142,7 @@ class ChatSession:
         cfg, pieces = self.config, []
         try:
             for tok in self.decoder.decode(
-                cfg.max_new_tokens, self.format.stop + cfg.stop, cfg.ignore_eos
+                cfg.max_new_tokens, self.format.stop + cfg.stop, cfg.ignore_eos, cfg.stop_repeats
             ):
                 pieces.append(tok.text)
                 yield tok

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from sepcli.errors import ConfigError
 from sepcli.generate.detok import Detokenizer, StopStrings
+from sepcli.generate.repeats import RepeatGuard, check_times
 from sepcli.generate.sampling import Sampler, SamplingConfig, stop_ids
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.reader import start_token
@@ -41,12 +42,15 @@ class GenerateConfig:
     stop : strings that end the generation; the text is cut before the first one.
     ignore_eos : keep going past the model's end-of-sequence tokens.
     sampling : greedy by default; see :class:`SamplingConfig`.
+    stop_repeats : stop when the text loops, a span of 8 or more tokens said this many times in
+        a row (:mod:`sepcli.generate.repeats`); 0 = off (the library's and `generate`'s default).
     """
 
     max_new_tokens: int = 256
     stop: tuple[str, ...] = ()
     ignore_eos: bool = False
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    stop_repeats: int = 0
 
     def __post_init__(self) -> None:
         n = self.max_new_tokens
@@ -55,6 +59,7 @@ class GenerateConfig:
         object.__setattr__(self, "stop", tuple(self.stop))
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise ConfigError(f"--stop strings must be non-empty, got {list(self.stop)!r}")
+        check_times(self.stop_repeats)
 
     def to_dict(self) -> dict:
         sampling = self.sampling
@@ -62,6 +67,7 @@ class GenerateConfig:
             "max_new_tokens": self.max_new_tokens,
             "stop": list(self.stop),
             "ignore_eos": self.ignore_eos,
+            "stop_repeats": self.stop_repeats,
             "temperature": sampling.temperature,
             "top_k": sampling.top_k,
             "top_p": sampling.top_p,
@@ -154,16 +160,23 @@ class Decoder:
             self.prefill_s -= waited[0]
 
     def decode(
-        self, max_new_tokens: int = 0, stop: Sequence[str] = (), ignore_eos: bool = False
+        self,
+        max_new_tokens: int = 0,
+        stop: Sequence[str] = (),
+        ignore_eos: bool = False,
+        stop_repeats: int = 0,
     ) -> Iterator[Token]:
-        """Yield new tokens until EOS, a stop string or ``max_new_tokens`` (0: no limit).
+        """Yield new tokens until EOS, a stop string, ``max_new_tokens`` (0: no limit) or, with
+        ``stop_repeats``, a loop (:class:`~sepcli.generate.repeats.RepeatGuard`).
 
-        ``stop_reason`` is set when the iterator ends by itself (``eos``, ``stop``, ``max``);
+        ``stop_reason`` is set when the iterator ends by itself (``eos``, ``stop``, ``max``,
+        ``repeat``);
         a caller that stops iterating sets ``interrupt`` itself. The text of the last token may
         be held back by a possible stop string until then: the final :class:`Token` of a run
         that ends at ``max`` carries it.
         """
         detok, stops = Detokenizer(self.tokenizer), StopStrings(stop)
+        loops = RepeatGuard(stop_repeats)
         self.stop_reason, self.tail, self.new_tokens = None, "", 0
         self.decode_s = 0.0  # the decoder's own time: not the caller's between tokens
         start = time.perf_counter()
@@ -184,6 +197,9 @@ class Decoder:
                 last = max_new_tokens and self.new_tokens >= max_new_tokens
                 if hit:
                     self.stop_reason, self.tail = "stop", stops.tail
+                elif loops.push(tok):
+                    self.stop_reason = "repeat"
+                    text += stops.flush()
                 elif last:
                     self.stop_reason = "max"
                     text += stops.flush()
@@ -252,4 +268,6 @@ def generate(
     decoder = Decoder.on_ring(model, tokenizer, stream, config.sampling)
     for _ in decoder.prefill([ids]):
         pass
-    yield from decoder.decode(config.max_new_tokens, config.stop, config.ignore_eos)
+    yield from decoder.decode(
+        config.max_new_tokens, config.stop, config.ignore_eos, config.stop_repeats
+    )

@@ -29,6 +29,7 @@ from typing import BinaryIO
 from sepcli.errors import InputError
 from sepcli.score.scorer import DocScore
 from sepcli.stream.metrics import round_ppl
+from sepcli.stream.reader import check_text_file
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 REPLACEMENT = "\ufffd".encode()
@@ -73,18 +74,22 @@ def is_jsonl(path: str) -> bool:
 
 
 def check_inputs(paths: list[str], ray: bool = False) -> None:
-    """One-line InputError for a missing path, a directory (allowed for Ray, which reads the
-    files in it) or stdin given twice (before any work)."""
+    """The reader rule (:func:`sepcli.stream.reader.check_text_file`) on every input, before the
+    model loads: one-line InputError for a missing, empty or binary file (``.gz``: its
+    decompressed text), or stdin given twice. A directory is allowed for Ray, which reads the
+    files in it: each of them must not be binary (an empty one, a ``_SUCCESS`` marker say, has
+    no records and is let through)."""
     if paths.count("-") > 1:
         raise InputError("'-' (stdin) can be given only once")
     for path in paths:
         if path == "-":
             continue
         p = Path(path).expanduser()
-        if not p.exists():
-            raise InputError(f"no such file: {path}")
-        if p.is_dir() and not ray:
-            raise InputError(f"{path} is a directory, not a file")
+        if ray and p.is_dir():
+            for inner in sorted(q for q in p.rglob("*") if q.is_file()):
+                check_text_file(str(inner), gz=inner.name.endswith(".gz"), allow_empty=True)
+            continue
+        check_text_file(path, gz=path.endswith(".gz"))
 
 
 def input_bytes(paths: list[str]) -> int | None:

@@ -303,7 +303,7 @@ def _ids(value) -> bool:
 
 # ---------------------------------------------------------------------- responses
 
-FINISH = {"eos": "stop", "stop": "stop", "max": "length", "interrupt": "stop"}
+FINISH = {"eos": "stop", "stop": "stop", "max": "length", "repeat": "stop", "interrupt": "stop"}
 
 
 def new_id(prefix: str) -> str:

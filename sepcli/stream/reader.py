@@ -7,10 +7,17 @@ tokenising the whole text at once for byte-level BPE tokenizers (GPT-2 style pre
 never joins a word to the space before the next word). A line with no such point for
 ``MAX_PENDING_CHARS`` is cut where it stands (one token boundary may then differ).
 
-Decisions on bad input (docs/stream.md): a missing/unreadable path or a directory is an
-:class:`InputError`; a NUL byte in the first block means binary data and is refused; other
-invalid UTF-8 bytes are replaced with U+FFFD and counted (the CLI warns); an input with no
-non-whitespace text is refused as empty.
+The reader rule, the same for every command that reads text (docs/stream.md, "Bad input"):
+
+- a missing or unreadable path, or a directory, is an :class:`InputError`;
+- binary data is refused: a NUL byte, or a UTF-16 byte-order mark, in the first 8 KiB;
+- so is text in another encoding: more than a quarter of the characters of the first 8 KiB
+  not decodable as UTF-8 (Latin-1 prose has a few per cent; a cp1251 or Shift-JIS file, most);
+- stray invalid UTF-8 bytes elsewhere are replaced with U+FFFD and counted (the CLI warns);
+- an input with no non-whitespace text is refused as empty.
+
+A named file is checked by :func:`check_text_file` before any model loads (and before torch is
+imported); stdin is checked as its first block arrives, so a slow pipe never delays the load.
 """
 
 from __future__ import annotations
@@ -28,17 +35,75 @@ from sepcli.errors import InputError
 BLOCK_BYTES = 1 << 16
 MAX_PENDING_CHARS = 1 << 20
 BINARY_SNIFF_BYTES = 8192
+# More than this share of the first BINARY_SNIFF_BYTES' characters undecodable: not UTF-8 text.
+MAX_UNDECODABLE_SHARE = 0.25
 
 
 def refuse_binary(head: bytes, where: str) -> None:
-    """InputError when the first ``BINARY_SNIFF_BYTES`` of an input hold a NUL byte."""
+    """InputError unless the first ``BINARY_SNIFF_BYTES`` of an input read as UTF-8 text: no
+    NUL byte, no UTF-16 byte-order mark, at most ``MAX_UNDECODABLE_SHARE`` undecodable."""
     if head.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise InputError(
             f"{where} is UTF-16 text: sepcli reads UTF-8 (convert it first, e.g. "
             "`iconv -f UTF-16 -t UTF-8`)"
         )
-    if b"\x00" in head[:BINARY_SNIFF_BYTES]:
+    head = head[:BINARY_SNIFF_BYTES]
+    if b"\x00" in head:
         raise InputError(f"{where} looks binary (NUL bytes): sepcli reads UTF-8 text")
+    # not final: a character cut by the end of the sniffed bytes is not held against the input
+    text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(head, final=False)
+    bad = text.count("\ufffd") - head.count("\ufffd".encode())
+    if text and bad > MAX_UNDECODABLE_SHARE * len(text):
+        raise InputError(
+            f"{where} is not UTF-8 text ({bad} of the first {len(text)} characters undecodable): "
+            "convert it first, e.g. `iconv -f LATIN1 -t UTF-8`"
+        )
+
+
+def check_path(path: str | Path, what: str = "") -> Path:
+    """The first part of the reader rule for a named file: it exists and is not a directory.
+    ``what`` names the option it came from in the message (``--resume``)."""
+    p = Path(path).expanduser()
+    label = f"{what} {path}" if what else str(path)
+    if not p.exists():
+        raise InputError(f"no such file: {label}")
+    if p.is_dir():
+        raise InputError(f"{label} is a directory, not a file")
+    return p
+
+
+def check_text_file(path: str, gz: bool = False, allow_empty: bool = False) -> None:
+    """The whole reader rule for a named file, before any model loads: it exists, is not a
+    directory, can be read, its start is UTF-8 text (:func:`refuse_binary`) and it holds some
+    non-whitespace text (unless ``allow_empty``). ``gz``: the text is gzip-compressed. Reads
+    only as far as the first non-whitespace text. ``-`` (stdin) is checked as it is read."""
+    if path == "-":
+        return
+    import gzip
+    import zlib
+
+    p = check_path(path)
+    try:
+        handle = gzip.open(p, "rb") if gz else open(p, "rb")  # noqa: SIM115
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        with handle:
+            head = handle.read(BINARY_SNIFF_BYTES)
+            refuse_binary(head, path)
+            decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+            block = head
+            while block:
+                text = decoder.decode(block)
+                if text and not text.isspace():
+                    return
+                block = handle.read(BLOCK_BYTES)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise InputError(f"{path} is not a valid gzip file ({exc})") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if not allow_empty:
+        raise InputError(f"{path} is empty (no text)")
 
 
 @dataclass
@@ -56,11 +121,7 @@ def open_input(path: str) -> Iterator[BinaryIO]:
     if path == "-":
         yield sys.stdin.buffer
         return
-    p = Path(path).expanduser()
-    if not p.exists():
-        raise InputError(f"no such file: {path}")
-    if p.is_dir():
-        raise InputError(f"{path} is a directory, not a text file")
+    p = check_path(path)
     try:
         handle = open(p, "rb")
     except OSError as exc:

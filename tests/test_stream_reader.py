@@ -205,3 +205,34 @@ def test_check_text_file_reads_only_what_it_needs(tmp_path):
     with pytest.raises(InputError, match="is a directory"):
         check_text_file(str(tmp_path))
     check_text_file("-")  # stdin: checked as it is read
+
+
+
+def test_check_text_file_leaves_a_pipe_to_the_reader(tmp_path):
+    """A named pipe (or `<(zcat a.gz)`) can be read once: the check must not read it (it would
+    wait for the writer and use up the text the command then waits for in vain)."""
+    import os
+    import threading
+
+    from sepcli.stream.reader import check_text_file, read_text
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    fifo = tmp_path / "doc.fifo"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "w") as f:  # blocks until a reader opens the pipe
+            f.write("Boats came home.")
+
+    got = []
+
+    def check_then_read():
+        check_text_file(str(fifo))
+        got.append(read_text(str(fifo)))
+
+    threading.Thread(target=write, daemon=True).start()
+    run = threading.Thread(target=check_then_read, daemon=True)
+    run.start()
+    run.join(timeout=30)
+    assert got == [("Boats came home.", 0)], "the check read the pipe: the reader got nothing"

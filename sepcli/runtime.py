@@ -12,7 +12,8 @@ from sepcli.errors import ConfigError, ModelError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # Quantised weights: the name -> the compute dtype of everything that is not quantised.
-QUANT_DTYPES = {"int8": torch.float32}
+# gguf: a GGUF file's tensors kept in their own block formats (sepcli/weights).
+QUANT_DTYPES = {"int8": torch.float32, "gguf": torch.float32}
 
 
 def cpu_has_amx() -> bool:
@@ -44,21 +45,33 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> str:
-    """The --dtype name to load with. auto: bf16 on CUDA and on a CPU with AMX; int8 on another
-    CPU that runs it (faster than fp32 and than AVX512-BF16, within 1% perplexity: see
+def resolve_dtype(dtype: str, device: torch.device, gguf_blocks: bool = False) -> str:
+    """The --dtype name to load with. auto: bf16 on CUDA; gguf for a GGUF file whose tensors
+    the block kernels all run (``gguf_blocks``) on a CPU; bf16 on a CPU with AMX; int8 on
+    another CPU that runs it (faster than fp32 and than AVX512-BF16, within 1% perplexity: see
     docs/models.md); else fp32."""
     if dtype == "auto":
-        if device.type == "cuda" or cpu_has_amx():
+        if device.type == "cuda":
+            return "bf16"
+        if gguf_blocks:
+            return "gguf"
+        if cpu_has_amx():
             return "bf16"
         return "int8" if int8_supported(device) is None else "fp32"
-    if dtype in QUANT_DTYPES:
+    if dtype == "int8":
         why = int8_supported(device)
         if why is not None:
             raise ModelError(why)
         return dtype
+    if dtype == "gguf":
+        if device.type != "cpu":
+            raise ModelError(
+                f"--dtype gguf runs on a CPU only, not on {device.type} (on a GPU, bf16 "
+                "dequantises the file's tensors on the device)"
+            )
+        return dtype
     if dtype not in DTYPES:
-        raise ModelError(f"unknown --dtype {dtype!r}: use auto, bf16, fp16, fp32 or int8")
+        raise ModelError(f"unknown --dtype {dtype!r}: use auto, gguf, bf16, fp16, fp32 or int8")
     return dtype
 
 

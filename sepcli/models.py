@@ -18,6 +18,7 @@ import torch
 from kernels import quant as quant_formats
 from sepcli.cachedir import cache_dir  # noqa: F401 - re-exported (gemfilter's calibration cache)
 from sepcli.errors import ModelError, UnsupportedModelError
+from sepcli.quant import is_int8, quantize_linears
 from sepcli.runtime import (
     DTYPE_NAMES,
     DTYPES,
@@ -29,6 +30,7 @@ from sepcli.weights import gguf_model
 from sepcli.weights.blocks import block_kernels, block_weights
 from sepcli.weights.estimate import MemoryEstimate, refusal
 from sepcli.weights.gguf_file import GGUFFile, open_gguf
+from sepcli.weights.hf_int8 import has_safetensors, load_int8
 from sepcli.weights.quiet import quiet_transformers
 from sepcli.weights.sizes import gguf_estimate, hf_estimate
 
@@ -194,9 +196,7 @@ def load_model(
         ) from exc
     except Exception as exc:
         raise ModelError(f"cannot load model {spec!r}: {_first_line(exc)}") from exc
-    if name == "int8":
-        from sepcli.quant import quantize_linears
-
+    if name == "int8" and not is_int8(model):
         quantize_linears(model, tok)
     return LoadedModel(
         model=model,
@@ -242,6 +242,8 @@ def _load_hf(src: ModelSource, name: str, dt: torch.dtype, dev: torch.device, at
         check_supported(config)
         _check_fits(src.name, name, hf_estimate(src.path, config, name, dt))
         tok = AutoTokenizer.from_pretrained(src.path, **extra)
+        if name == "int8" and has_safetensors(src.path):  # one layer at a time, no fp32 copy
+            return load_int8(src.path, config, tok, attn), tok
         model = AutoModelForCausalLM.from_pretrained(
             src.path, dtype=dt, attn_implementation=attn, **extra
         )

@@ -47,14 +47,14 @@ def byte_vocab() -> list[str]:
 def weights_of(qtype: str, rows: int, cols: int, gen: np.random.Generator) -> np.ndarray:
     """A [rows, cols] weight as the file stores it in ``qtype``."""
     kind = gguf.GGMLQuantizationType[qtype]
-    w = (gen.standard_normal((rows, cols)) * 0.3).astype(np.float32)
+    w = (gen.standard_normal((rows, cols)) * 0.05).astype(np.float32)
     if qtype == "F32":
         return w
     if qtype in K_SCALES:
         size, scales = K_SCALES[qtype]
         blocks = gen.integers(0, 256, (rows * cols // 256, size), dtype=np.uint8)
         for at in scales:
-            d = (gen.uniform(0.002, 0.02, len(blocks))).astype(np.float16)
+            d = (gen.uniform(2e-4, 2e-3, len(blocks))).astype(np.float16)
             blocks[:, at : at + 2] = d.view(np.uint8).reshape(-1, 2)
         return blocks.reshape(rows, -1)
     return gguf.quants.quantize(w, kind)
@@ -307,7 +307,7 @@ def test_stream_runs_on_blocks(tmp_path):
     )
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    assert summary["config"]["dtype"] == "gguf" or summary.get("dtype") == "gguf", summary
+    assert "dtype=gguf" in result.stderr, result.stderr
     assert math.isfinite(summary["ppl"])
 
 

@@ -25,20 +25,27 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.tied = False
-        w = linear.weight.detach().float()  # (out, in)
+        w = linear.weight.detach()  # (out, in)
         smooth = act_max.float().clamp_min(1e-5) ** alpha
-        smooth = (smooth / w.abs().amax(dim=0).clamp_min(1e-5) ** (1 - alpha)).clamp_min(1e-5)
+        smooth = (smooth / _column_max(w).clamp_min(1e-5) ** (1 - alpha)).clamp_min(1e-5)
         self.register_buffer("inv_smooth", 1.0 / smooth)  # (in,)
-        w = w * smooth  # x W^T == (x / s)(W s)^T
-        scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)  # (out,)
         # Stored [out, in] and used transposed: the layout oneDNN's int8 GEMM reads fastest
         # for one token at a time, and as fast as [in, out] for a chunk.
-        self.register_buffer("weight_int8", torch.round(w / scale[:, None]).to(torch.int8))
+        q = torch.empty(w.shape, dtype=torch.int8)
+        scale = torch.empty(w.shape[0])
+        for rows in _row_blocks(w):  # fp32 temporaries of a block of rows, not of the weight
+            ws = w[rows].float() * smooth  # x W^T == (x / s)(W s)^T
+            scale[rows] = (ws.abs().amax(dim=1) / 127).clamp_min(1e-12)  # (rows,)
+            q[rows] = torch.round(ws / scale[rows, None]).to(torch.int8)
+        self.register_buffer("weight_int8", q)
         self.register_buffer("weight_scale", scale)
         bias = None if linear.bias is None else linear.bias.detach().float()
         self.register_buffer("bias", bias)
         # 4-bit copy for one token: decode.c's layout where the C kernels load, else torch's
-        kern, int4 = c_kernels.cpu_kernels(), exact_int4(linear.weight.detach().float())
+        kern, int4 = (
+            c_kernels.cpu_kernels(),
+            exact_int4(w.float() if w.dtype != torch.float32 else w),
+        )
         native = int4 is not None and kern is not None and q4_layout_fits(*w.shape)
         q4 = pack_q4(*int4) if native else None
         self.register_buffer("q4_codes", None if q4 is None else q4.codes)
@@ -49,7 +56,7 @@ class Int8Linear(nn.Module):
         self.register_buffer("int4_scale_zero", None if packed is None else packed[1])
         # a layer without 4-bit weights (the head) takes one token through the C int8 kernel,
         # whose xu = q + 128 needs each row's sum
-        sums = None if kern is None or native else self.weight_int8.sum(dim=1, dtype=torch.int32)
+        sums = None if kern is None or native else _row_sums(self.weight_int8)
         self.register_buffer("row_sums", sums)
         self.kernels = kern  # the C kernels this layer's layout was made for (or None)
 
@@ -90,6 +97,29 @@ class Int8Linear(nn.Module):
     def extra_repr(self) -> str:
         four = ", 4-bit for one token" if self.has_int4 else ""
         return f"in_features={self.in_features}, out_features={self.out_features}, int8{four}"
+
+
+def _row_blocks(w: torch.Tensor, elements: int = 1 << 20):
+    """Slices of rows of ``w`` holding about ``elements`` weights each."""
+    step = max(1, elements // max(1, w.shape[1]))
+    return [slice(r, r + step) for r in range(0, w.shape[0], step)]
+
+
+def _row_sums(q: torch.Tensor) -> torch.Tensor:
+    """[out] int32 sum of each row of an int8 weight, a block of rows at a time (a sum in int32
+    casts its input: the whole weight would be copied 4x its size)."""
+    out = torch.empty(q.shape[0], dtype=torch.int32)
+    for rows in _row_blocks(q):
+        out[rows] = q[rows].sum(dim=1, dtype=torch.int32)
+    return out
+
+
+def _column_max(w: torch.Tensor) -> torch.Tensor:
+    """[in] max |w| per input channel, a block of rows at a time."""
+    out = torch.zeros(w.shape[1])
+    for rows in _row_blocks(w):
+        out = torch.maximum(out, w[rows].float().abs().amax(dim=0))
+    return out
 
 
 def int4_linear(x: torch.Tensor, layer: Int8Linear) -> torch.Tensor:

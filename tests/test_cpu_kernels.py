@@ -149,7 +149,9 @@ def test_native_step_tracks_the_torch_step_and_fp32(
     kern = kernels_for(request, build)
     fp32 = q4_model(tokenizer, family, **SHAPES[family])
     model = q4_model(tokenizer, family, **SHAPES[family])
-    monkeypatch.setattr(sepcli.quant.c_kernels, "cpu_kernels", lambda: kern)  # layers packed for `build`
+    monkeypatch.setattr(
+        sepcli.quant.c_kernels, "cpu_kernels", lambda: kern
+    )  # layers packed for `build`
     quantize_linears(model, tokenizer)
     assert model.model.layers[0].mlp.up_proj.kernels is kern
     c_step, torch_step, ref = (StreamEngine(m, CFG, seps) for m in (model, model, fp32))

@@ -102,7 +102,7 @@ def write_f16(path: Path, shape: dict, seed: int = 0) -> None:
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
     gen = np.random.default_rng(seed)
-    for name, dims in tensors:
+    for _name, dims in tensors:
         if len(dims) == 1:
             w.write_tensor_data(np.ones(dims, dtype=np.float32))
         else:

@@ -1,0 +1,161 @@
+/* The AVX512-VNNI primitives (see isa.h): 16 lanes, vpdpbusd (unsigned x signed bytes, summed in
+ * fours into int32). Included by isa.h only. */
+#define Q8_SIGNED 0 /* tile_dot multiplies unsigned weight bytes: Q8_0 is stored + 128 */
+
+static inline float h2f(uint16_t h) { return _cvtsh_ss(h); }
+
+static void quant_groups(const float *x, int n, int8_t *q, float *dx, float *dsum) {
+    for (int g = 0; g < n / GROUP; g++) {
+        const float *xg = x + g * GROUP;
+        const __m512 a = _mm512_loadu_ps(xg), b = _mm512_loadu_ps(xg + 16);
+        const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+        const float inv = amax > 1e-30f ? 127.f / amax : 0.f; /* a zero group: zeros */
+        const __m512 iv = _mm512_set1_ps(inv);
+        const __m512i qa = _mm512_cvtps_epi32(_mm512_mul_ps(a, iv)); /* nearest, ties to even */
+        const __m512i qb = _mm512_cvtps_epi32(_mm512_mul_ps(b, iv));
+        _mm_storeu_si128((__m128i *)(q + g * GROUP), _mm512_cvtsepi32_epi8(qa));
+        _mm_storeu_si128((__m128i *)(q + g * GROUP + 16), _mm512_cvtsepi32_epi8(qb));
+        const int sum = _mm512_reduce_add_epi32(_mm512_add_epi32(qa, qb));
+        dx[g] = amax / 127.f;
+        dsum[g] = dx[g] * (float)sum;
+    }
+}
+
+/* Row o of W times the quantised activation. Two groups per 512-bit step: 32 bytes hold group
+ * A's codes in the low nibbles and group B's in the high ones, so [bytes, bytes >> 4] & 15 is
+ * A's 32 codes then B's, in the order of the activations. Steps for 16 groups are made at once,
+ * then spread to the lanes. The codes are prefetched ahead: without it a row's first loads wait
+ * on memory. */
+static float q4_row(const Q4 *w, int o, const int8_t *q, const float *dx, const float *dsum) {
+    const int groups = w->in / GROUP;
+    const uint8_t *c = w->codes + (size_t)o * (w->in / 2);
+    const uint16_t *st = w->step + (size_t)o * groups, *mn = w->min + (size_t)o * groups;
+    const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0);
+    const __m512i low4 = _mm512_set1_epi8(0x0f);
+    __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    for (int g0 = 0; g0 < groups; g0 += 16) {
+        const int n = groups - g0 < 16 ? groups - g0 : 16;
+        const __mmask16 m = (__mmask16)((1u << n) - 1);
+        const __m512 s = _mm512_mul_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, st + g0)),
+                                       _mm512_maskz_loadu_ps(m, dx + g0));
+        accm = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(m, mn + g0)),
+                               _mm512_maskz_loadu_ps(m, dsum + g0), accm);
+        for (int k = 0; k < n; k += 2) {
+            const int g = g0 + k;
+            _mm_prefetch((const char *)(c + g * 16 + PREFETCH), _MM_HINT_T0);
+            const __m512i raw =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(c + g * 16)));
+            const __m512i codes = _mm512_and_si512(_mm512_srlv_epi64(raw, shifts), low4);
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes,
+                                                    _mm512_loadu_si512(q + g * GROUP));
+            const __m512i idx = _mm512_set_epi32(k + 1, k + 1, k + 1, k + 1, k + 1, k + 1, k + 1,
+                                                 k + 1, k, k, k, k, k, k, k, k);
+            acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx, s), _mm512_cvtepi32_ps(dot), acc);
+        }
+    }
+    const float y = _mm512_reduce_add_ps(_mm512_add_ps(acc, accm));
+    return w->bias ? y + w->bias[o] : y;
+}
+
+/* sum_j q_j w_j for the int8 head: xu = q + 128 (unsigned), so subtract 128 * sum(w). */
+static int32_t int8_dot(const uint8_t *xu, const int8_t *xq, const int8_t *w, int in,
+                        int32_t row_sum) {
+    (void)xq;
+    __m512i acc = _mm512_setzero_si512();
+    int j = 0;
+    for (; j + 64 <= in; j += 64)
+        acc = _mm512_dpbusd_epi32(acc, _mm512_loadu_si512(xu + j), _mm512_loadu_si512(w + j));
+    int32_t dot = _mm512_reduce_add_epi32(acc);
+    for (; j < in; j++) dot += (int32_t)xu[j] * w[j];
+    return dot - 128 * row_sum;
+}
+
+static float dot_f32(const float *a, const float *b, int n) {
+    int j = 0;
+    __m512 acc = _mm512_setzero_ps();
+    for (; j + 16 <= n; j += 16)
+        acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + j), _mm512_loadu_ps(b + j), acc);
+    float s = _mm512_reduce_add_ps(acc);
+    for (; j < n; j++) s += a[j] * b[j];
+    return s;
+}
+
+static void axpy_f32(float *y, float a, const float *x, int n) {
+    int j = 0;
+    const __m512 av = _mm512_set1_ps(a);
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(y + j, _mm512_fmadd_ps(av, _mm512_loadu_ps(x + j), _mm512_loadu_ps(y + j)));
+    for (; j < n; j++) y[j] += a * x[j];
+}
+
+static inline __m512 exp_ps(__m512 x) {
+    x = _mm512_max_ps(x, _mm512_set1_ps(-87.f));
+    const __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f));
+    const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512 f = _mm512_sub_ps(t, n);
+    __m512 p = _mm512_set1_ps(EXP2_TAYLOR[0]);
+    for (int k = 1; k < 8; k++) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(EXP2_TAYLOR[k]));
+    return _mm512_scalef_ps(p, n);
+}
+
+/* scores [group][S] for slots 0..span-1: q [group][d] against kt, blocks of 16 slots [d][16];
+ * four heads at a time, in registers. */
+static void head_scores(const float *q, int group, const float *kt, int S, int span, int d,
+                        float *scores) {
+    for (int h0 = 0; h0 < group; h0 += 4) {
+        const int nh = group - h0 < 4 ? group - h0 : 4;
+        const float *q0 = q + h0 * d, *q1 = nh > 1 ? q0 + d : q0, *q2 = nh > 2 ? q0 + 2 * d : q0,
+                    *q3 = nh > 3 ? q0 + 3 * d : q0;
+        for (int s0 = 0; s0 < span; s0 += 16) {
+            const __mmask16 m = span - s0 >= 16 ? 0xffff : (__mmask16)((1u << (span - s0)) - 1);
+            __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+            const float *col = kt + (size_t)s0 * d; /* block s0 / 16: [d][16] */
+            for (int j = 0; j < d; j++, col += 16) {
+                const __m512 k = _mm512_maskz_loadu_ps(m, col);
+                a0 = _mm512_fmadd_ps(_mm512_set1_ps(q0[j]), k, a0);
+                a1 = _mm512_fmadd_ps(_mm512_set1_ps(q1[j]), k, a1);
+                a2 = _mm512_fmadd_ps(_mm512_set1_ps(q2[j]), k, a2);
+                a3 = _mm512_fmadd_ps(_mm512_set1_ps(q3[j]), k, a3);
+            }
+            float *out_s = scores + h0 * S + s0;
+            _mm512_mask_storeu_ps(out_s, m, a0);
+            if (nh > 1) _mm512_mask_storeu_ps(out_s + S, m, a1);
+            if (nh > 2) _mm512_mask_storeu_ps(out_s + 2 * S, m, a2);
+            if (nh > 3) _mm512_mask_storeu_ps(out_s + 3 * S, m, a3);
+        }
+    }
+}
+
+static float exp_sum(float *sc, int n, float mx) {
+    const __m512 mv = _mm512_set1_ps(mx);
+    __m512 sv = _mm512_setzero_ps();
+    int s = 0;
+    for (; s + 16 <= n; s += 16) {
+        const __m512 e = exp_ps(_mm512_sub_ps(_mm512_loadu_ps(sc + s), mv));
+        _mm512_storeu_ps(sc + s, e);
+        sv = _mm512_add_ps(sv, e);
+    }
+    float sum = _mm512_reduce_add_ps(sv);
+    for (; s < n; s++) {
+        sc[s] = expf(sc[s] - mx);
+        sum += sc[s];
+    }
+    return sum;
+}
+
+/* acc[16] += one tile (256 weights, blocks.h) times a token's activations: per 64 weights one
+ * vpdpbusd (lane i: weights 4i..4i+3), scaled by A (the weights' scale per lane) times dxl (the
+ * activation's), plus the tile's offsets B against s16 (per 16). */
+static inline void tile_dot(const uint8_t *u, const float *A, const float *B, const int8_t *q,
+                            const float *dxl, const float *s16, float *acc) {
+    __m512 a = _mm512_fmadd_ps(_mm512_loadu_ps(B), _mm512_loadu_ps(s16), _mm512_loadu_ps(acc));
+    for (int c = 0; c < 4; c++) {
+        const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                              _mm512_loadu_si512(u + 64 * c),
+                                              _mm512_loadu_si512(q + 64 * c));
+        a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
+                            _mm512_mul_ps(_mm512_loadu_ps(A + 16 * c), _mm512_loadu_ps(dxl + 16 * c)),
+                            a);
+    }
+    _mm512_storeu_ps(acc, a);
+}

@@ -47,7 +47,8 @@ from sepcli.texts import essays_text
 from common import ROOT
 
 PACKAGE = "llama-cpp-python"
-TARGETS = ("llama-perplexity", "llama-bench")
+# llama-server: bench/serve.py; llama-quantize: the 3B/8B-shaped GGUF files (issue 26)
+TARGETS = ("llama-perplexity", "llama-bench", "llama-server", "llama-quantize")
 
 
 def bench_cache() -> Path:

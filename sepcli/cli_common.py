@@ -10,14 +10,15 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
 from sepcli.errors import SepcliError
-from sepcli.models import DEFAULT_MODEL, LoadedModel, load_model
-from sepcli.runtime import set_threads
+
+if TYPE_CHECKING:  # the commands import this module for their options: no torch until a run
+    from sepcli.models import LoadedModel
 
 # soft_wrap: a status line piped to a file or a log stays one line (rich wraps at 80 columns
 # when stderr is not a terminal).
@@ -48,12 +49,17 @@ ThreadsOpt = Annotated[
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable JSON on stdout.")]
 
-MODEL_DEFAULT = DEFAULT_MODEL
+# sepcli.models.DEFAULT_MODEL, spelled here so that option parsing does not import torch (a
+# test checks that the two agree)
+MODEL_DEFAULT = "smollm2"
 
 
 def load(model: str, device: str, dtype: str, threads: int | None = None) -> LoadedModel:
     """Load the model for a command on ``threads`` CPU threads (None: the physical cores), with
     a spinner on stderr while it loads."""
+    from sepcli.models import load_model
+    from sepcli.runtime import set_threads
+
     set_threads(threads)
     with err_console.status(f"loading {model} ..."):
         return load_model(model, device=device, dtype=dtype)

@@ -16,14 +16,25 @@ DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 QUANT_DTYPES = {"int8": torch.float32, "gguf": torch.float32}
 
 
-def cpu_has_amx() -> bool:
-    """True when the CPU has AMX bf16 tiles (``amx_bf16`` in /proc/cpuinfo): the one CPU where
-    bf16 matmuls beat the int8 path (AVX512-BF16 alone does not, docs/models.md)."""
+def cpu_flags() -> frozenset[str]:
+    """The CPU's feature flags (/proc/cpuinfo), empty where they cannot be read."""
     try:
-        flags = Path("/proc/cpuinfo").read_text().split()
+        return frozenset(Path("/proc/cpuinfo").read_text().split())
     except OSError:
-        return False
-    return "amx_bf16" in flags
+        return frozenset()
+
+
+def cpu_has_amx() -> bool:
+    """True when the CPU has AMX bf16 tiles (``amx_bf16``): the one CPU where bf16 matmuls beat
+    the int8 path (AVX512-BF16 alone does not, docs/models.md)."""
+    return "amx_bf16" in cpu_flags()
+
+
+def cpu_has_int8_dot() -> bool:
+    """True when the CPU has integer dot-product instructions (AVX512-VNNI, AVX-VNNI or AMX int8):
+    the ones oneDNN's int8 GEMM needs to be fast. Without them (an AVX2-only CPU) that GEMM is
+    20x slower than fp32's (docs/models.md), so int8 is no default there."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
 def int8_supported(device: torch.device) -> str | None:
@@ -46,18 +57,18 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device, gguf_blocks: bool = False) -> str:
-    """The --dtype name to load with. auto: bf16 on CUDA; gguf for a GGUF file whose tensors
-    the block kernels all run (``gguf_blocks``) on a CPU; bf16 on a CPU with AMX; int8 on
-    another CPU that runs it (faster than fp32 and than AVX512-BF16, within 1% perplexity: see
-    docs/models.md); else fp32."""
+    """The --dtype name to load with. auto: bf16 on CUDA and on a CPU with AMX; int8 on another
+    CPU with integer dot products that runs it (faster than fp32 and than AVX512-BF16, within 1%
+    perplexity: see docs/models.md); else fp32. ``gguf_blocks``: the file is a GGUF whose
+    tensors the block kernels all run; auto does not pick gguf for it yet (the block kernels
+    are not yet faster than the paths above on every measured figure)."""
     if dtype == "auto":
         if device.type == "cuda":
             return "bf16"
-        if gguf_blocks:
-            return "gguf"
         if cpu_has_amx():
             return "bf16"
-        return "int8" if int8_supported(device) is None else "fp32"
+        fast_int8 = cpu_has_int8_dot() and int8_supported(device) is None
+        return "int8" if fast_int8 else "fp32"
     if dtype == "int8":
         why = int8_supported(device)
         if why is not None:

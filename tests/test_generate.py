@@ -95,6 +95,50 @@ def test_chunked_prefill_then_decode_equals_chunk_1(tiny_llama, tokenizer, seps,
     assert one == many
 
 
+class FakeClock:
+    """time.perf_counter for sepcli.generate.decode: moves only when a test says so."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@torch.inference_mode()
+def test_rates_count_only_the_work_they_name(tiny_llama, tokenizer, seps, prompt, monkeypatch):
+    """prefill_s is the engine's feeds over the prompt, not reading or tokenising it (a slow
+    pipe); decode_s is the decoder's steps, not the caller's time with each token (a slow
+    terminal). A fake clock: every feed takes 1 s, every wait for input or output 100 s."""
+    clock = FakeClock()
+    monkeypatch.setattr("sepcli.generate.decode.time", clock)
+    model = tiny_llama(layers=2, hidden=32, heads=2, kv_heads=1, seed=SEED)
+    engine = StreamEngine(model, StreamConfig(chunk=8), seps, score=False)
+    feed = engine.feed
+
+    def timed_feed(ids):
+        clock.now += 1.0
+        return feed(ids)
+
+    monkeypatch.setattr(engine, "feed", timed_feed)
+
+    def slow_input():
+        for start in range(0, len(prompt), 10):
+            clock.now += 100.0  # waiting for a pipe, tokenising
+            yield prompt[start : start + 10]
+        clock.now += 100.0  # waiting for the end of the input
+
+    decoder = Decoder(engine, tokenizer, SamplingConfig(), eos=set())
+    chunks = list(decoder.prefill(slow_input()))
+    assert decoder.prefill_tokens == len(prompt) == 41
+    assert decoder.prefill_s == len(chunks) == 6  # 41 tokens in chunks of 8
+    for _ in decoder.decode(5):
+        clock.now += 100.0  # the caller writing the token to a slow terminal
+    # 5 tokens: the first from the prefill's logits, then 4 feeds of the pending token
+    assert decoder.new_tokens == 5 and decoder.decode_s == 4
+    assert decoder.decode_tok_per_s == 5 / 4 and decoder.prefill_tok_per_s == 41 / 6
+
+
 @torch.inference_mode()
 def test_seeded_sampling_reproduces_and_seeds_differ(tiny_llama, tokenizer):
     model = tiny_llama(layers=2, hidden=48, heads=6, kv_heads=2, seed=SEED)

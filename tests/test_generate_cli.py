@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import signal
 import subprocess
 import sys
@@ -147,6 +148,39 @@ def test_closed_stdout_exits_quietly(tiny_dir):
     )
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_generate_to_a_file_with_stderr_on_a_terminal(tiny_dir, tmp_path):
+    """`generate ... > out.txt` from a terminal: stdout is a file, stderr a terminal (a pty),
+    so the live status line runs; the text must still land in the file, not on the terminal."""
+    args = base(tiny_dir, "--prompt", "The printing press", "-n", "30", "--ignore-eos")
+    want = run("generate", args).stdout
+    assert want.strip()
+    master, slave = pty.openpty()
+    out = tmp_path / "out.txt"
+    with open(out, "wb") as handle:
+        proc = subprocess.Popen(
+            _cli("generate", *args),
+            cwd=ROOT,
+            env={**os.environ, "OMP_NUM_THREADS": "1", "TERM": "xterm"},
+            stdin=subprocess.DEVNULL,
+            stdout=handle,
+            stderr=slave,
+        )
+    os.close(slave)
+    seen = bytearray()
+    while True:  # drain the terminal, or a full pty buffer would block the child
+        try:
+            data = os.read(master, 4096)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not data:
+            break
+        seen += data
+    os.close(master)
+    assert proc.wait(timeout=120) == 0, seen.decode(errors="replace")
+    assert out.read_text() == want
+    assert "new tokens after" in seen.decode(errors="replace")  # the summary went to stderr
 
 
 def test_sigint_stops_endless_generation_with_the_summary(tiny_dir):

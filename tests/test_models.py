@@ -75,12 +75,32 @@ def test_only_amx_counts_as_a_bf16_cpu(monkeypatch, flags, amx):
     assert runtime.cpu_has_amx() is amx
 
 
+@pytest.mark.parametrize(
+    "flags, dot",
+    [("avx2 fma", False), ("avx512f avx512_vnni", True), ("avx2 avx_vnni", True)],
+)
+def test_int8_dot_products_read_from_cpu_flags(monkeypatch, flags, dot):
+    class FakePath:
+        def __init__(self, name):
+            assert name == "/proc/cpuinfo"
+
+        def read_text(self):
+            return f"processor : 0\nflags : fpu sse2 {flags}\n"
+
+    monkeypatch.setattr(runtime, "Path", FakePath)
+    assert runtime.cpu_has_int8_dot() is dot
+
+
 def test_auto_dtype_follows_hardware(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(runtime, "cpu_has_amx", lambda: True)
     assert resolve_dtype("auto", cpu) == "bf16"
     monkeypatch.setattr(runtime, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: True)
     assert resolve_dtype("auto", cpu) == ("int8" if int8_supported(cpu) is None else "fp32")
+    # an AVX2-only CPU: oneDNN's int8 GEMM has no fast path there, fp32 is the default
+    monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
+    assert resolve_dtype("auto", cpu) == "fp32"
     assert resolve_dtype("auto", torch.device("cuda")) == "bf16"
     assert resolve_dtype("fp16", cpu) == "fp16"
     with pytest.raises(ModelError, match="int4"):

@@ -22,7 +22,6 @@ from sepcli.cli_common import (
     guarded,
     warn_ignored,
 )
-from sepcli.commands import ask_prompt
 from sepcli.commands.qa_options import (
     DocArg,
     LayerOpt,
@@ -44,7 +43,6 @@ from sepcli.commands.questions import (
     open_session,
     reading_fields,
 )
-from sepcli.commands.show import show_selection
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import (
     DEFAULT_MAX_NEW_TOKENS,
@@ -52,8 +50,6 @@ from sepcli.gemfilter.config import (
     DEFAULT_TOPK,
     DEFAULT_UNIT,
 )
-from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
-from sepcli.gemfilter.selection import Selected
 
 # What only the gemfilter method reads; --method full reads the whole document.
 FILTER_OPTIONS = (
@@ -136,6 +132,8 @@ def ask(
         doc, question, questions, doc_cache, rebuild, (model, device, dtype, threads), cfg
     )
     if interactive:
+        from sepcli.commands import ask_prompt
+
         ask_prompt.run(run.lm, run.doc, run.cfg, run.reading, show)
         return
     many = questions is not None
@@ -164,6 +162,10 @@ def check_question_sources(doc: str, question: str | None, questions: str | None
 def answer(lm, prompt, question, cfg, reading, show: bool, json_out: bool, named=False) -> None:
     """Run one question and render it: streamed text, or one JSON object (``named``: with the
     question and what the shared reading did, as --questions prints)."""
+    from sepcli.commands.show import show_selection
+    from sepcli.gemfilter.pipeline import AnswerText, Result, run_qa
+    from sepcli.gemfilter.selection import Selected
+
     reused = False
     for event in run_qa(lm.model, lm.tokenizer, prompt.document, question, cfg, prompt, reading):
         if isinstance(event, Selected):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -36,7 +36,6 @@ from sepcli.commands.cache_options import (
     WindowOpt,
     cache_config,
 )
-from sepcli.commands.chat_repl import Repl
 from sepcli.commands.chat_turns import load_turns_file, read_turns
 from sepcli.commands.interrupt import StopFlag
 from sepcli.commands.sampling_options import (
@@ -51,15 +50,17 @@ from sepcli.commands.sampling_options import (
     generate_config,
 )
 from sepcli.errors import SepcliError
-from sepcli.generate.chat import ChatSession
-from sepcli.memory import peak_rss_mb, rss_mb
-from sepcli.stream import checkpoint
 from sepcli.stream.reader import ReadStats
+
+if TYPE_CHECKING:
+    from sepcli.generate.chat import ChatSession
 
 DEFAULT_REPLY_TOKENS = 512
 
 
 def describe(stats: dict) -> str:
+    from sepcli.memory import rss_mb
+
     speed = stats.get("decode_tok_per_s")
     return (
         f"[dim]{stats['turns']} turn(s) · {stats['total_tokens']:,} tokens in the conversation · "
@@ -135,6 +136,12 @@ def chat(
     threads: ThreadsOpt = None,
 ) -> None:
     """Chat with the model; every turn flows into one fixed-size KV cache, never re-encoded."""
+    # torch loads with these, after the options are parsed (`--help` does not wait for it)
+    from sepcli.commands.chat_repl import Repl
+    from sepcli.generate.chat import ChatSession
+    from sepcli.memory import peak_rss_mb
+    from sepcli.stream import checkpoint
+
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
     gen = generate_config(max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
     if checkpoint_path is not None:

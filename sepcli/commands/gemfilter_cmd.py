@@ -40,11 +40,8 @@ from sepcli.commands.questions import (
     open_session,
     reading_fields,
 )
-from sepcli.commands.show import show_selection
 from sepcli.errors import ConfigError
 from sepcli.gemfilter.config import DEFAULT_SMOOTH, DEFAULT_TOPK, DEFAULT_UNIT
-from sepcli.gemfilter.pipeline import filter_prompt
-from sepcli.gemfilter.selection import kept_text
 
 
 @guarded
@@ -85,6 +82,8 @@ def gemfilter(
     """Print only the document text GemFilter keeps for QUESTION (in order), e.g. to shrink a long
     file before giving it to another LLM. --json: indices (into the document's tokens) and scores.
     --questions: one JSON line per question, the document read once."""
+    from sepcli.gemfilter.pipeline import filter_prompt
+
     cfg = qa_config(
         layer=layer,
         topk=topk,
@@ -114,6 +113,9 @@ def gemfilter(
 def emit(lm, chosen, cfg, gap: str, show: bool, json_out: bool, named=None, reading=None):
     """Print one question's kept text, or its JSON record (``named``: with the question and
     what the shared reading did, as --questions prints)."""
+    from sepcli.commands.show import show_selection
+    from sepcli.gemfilter.selection import kept_text
+
     if show:
         show_selection(chosen)
     prompt = chosen.prompt

@@ -52,17 +52,14 @@ from sepcli.commands.sampling_options import (
 )
 from sepcli.errors import ConfigError, InputError
 from sepcli.generate.decode import Decoder, GenerateConfig
-from sepcli.generate.sampling import stop_ids
-from sepcli.memory import peak_rss_mb, rss_mb
-from sepcli.separators import separator_mask
-from sepcli.stream.engine import StreamEngine
-from sepcli.stream.metrics import RunMetrics
 from sepcli.stream.reader import ReadStats, open_input, start_token, text_blocks, token_blocks
 
 DEFAULT_MAX_NEW = GenerateConfig().max_new_tokens
 
 
 def status_line(decoder: Decoder) -> str:
+    from sepcli.memory import rss_mb
+
     engine = decoder.engine
     return (
         f"{decoder.new_tokens:,} new tokens · {decoder.decode_tok_per_s:.1f} tok/s · cache "
@@ -72,10 +69,15 @@ def status_line(decoder: Decoder) -> str:
 
 class _Status:
     """The live status line on stderr, when stderr is a terminal that the text does not share
-    (text piped away, or --json); otherwise nothing until the summary."""
+    (text piped away, or --json); otherwise nothing until the summary.
+
+    rich's Live redirects ``sys.stdout`` into its own console by default: the generated text
+    would then go to the terminal (stderr) instead of the file stdout was redirected to."""
 
     def __init__(self, live: bool):
-        self.live = Live(console=err_console, transient=True) if live else None
+        self.live = (
+            Live(console=err_console, transient=True, redirect_stdout=False) if live else None
+        )
 
     def __enter__(self):
         if self.live is not None:
@@ -136,6 +138,13 @@ def generate(
     threads: ThreadsOpt = None,
 ) -> None:
     """Generate text after a prompt of any length, on a fixed-size KV cache (endless with -n 0)."""
+    # torch loads with these, after the options are parsed (`--help` does not wait for it)
+    from sepcli.generate.sampling import stop_ids
+    from sepcli.memory import peak_rss_mb
+    from sepcli.separators import separator_mask
+    from sepcli.stream.engine import StreamEngine
+    from sepcli.stream.metrics import RunMetrics
+
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
     gen = generate_config(max_new_tokens, temperature, top_p, top_k, seed, stop, ignore_eos)
     if file is not None and prompt is not None:

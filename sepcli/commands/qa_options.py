@@ -8,16 +8,17 @@ Filter layers are numbered from 0 (the module index; the paper's "13 of 32" is 1
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from sepcli.cli_common import dtype_name, err_console, load, warn
 from sepcli.errors import ConfigError, InputError
-from sepcli.gemfilter import calibrate as cal
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.pipeline import prepare, segments_for
 from sepcli.stream.reader import read_text
+
+if TYPE_CHECKING:  # the options are parsed before torch loads
+    from sepcli.gemfilter.prompt import Prompt
 
 DocArg = Annotated[
     str,
@@ -199,6 +200,8 @@ def setup(doc, question, model, device, dtype, threads, cfg: QAConfig):
     """Validate cheap inputs first, then load and check the prompt fits.
 
     Returns (lm, prompt, cfg with the layer resolved, the question as asked)."""
+    from sepcli.gemfilter.pipeline import prepare
+
     question = check_question(question)
     document = read_document(doc)
     lm = load(model, device, dtype, threads)
@@ -214,6 +217,8 @@ def resolve_layer(lm, cfg: QAConfig) -> tuple[QAConfig, str]:
     """``cfg`` with ``--layer auto`` resolved, and where the layer came from."""
     if cfg.method != "gemfilter" or cfg.layer is not None:
         return cfg, "given"
+    from sepcli.gemfilter import calibrate as cal
+
     layer, origin = cal.auto_layer(lm.model, lm.name, lm.source)
     return QAConfig(**{**cfg.as_dict(), "layer": layer}), origin
 
@@ -226,8 +231,10 @@ def show_filter_settings(lm, cfg: QAConfig, origin: str) -> None:
     )
 
 
-def show_segments(lm, prompt, cfg: QAConfig) -> None:
+def show_segments(lm, prompt: Prompt, cfg: QAConfig) -> None:
     """One stderr line when the document is filtered in several segments, saying why."""
+    from sepcli.gemfilter.pipeline import segments_for
+
     segments = len(segments_for(lm.model, prompt, cfg.segment_tokens))
     if segments > 1:
         ctx = lm.model.config.max_position_embeddings

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -23,13 +23,13 @@ from sepcli.commands.qa_options import (
     show_filter_settings,
 )
 from sepcli.errors import ConfigError, InputError, SepcliError
-from sepcli.gemfilter import doc_cache
 from sepcli.gemfilter.config import QAConfig
-from sepcli.gemfilter.pipeline import prepare
-from sepcli.gemfilter.prompt import DocumentTokens, Prompt, encode_document
-from sepcli.gemfilter.reading import DocumentReading, identity, layout, make_reading
-from sepcli.models import LoadedModel
 from sepcli.stream.reader import read_text
+
+if TYPE_CHECKING:  # the options are parsed before torch loads
+    from sepcli.gemfilter.prompt import DocumentTokens, Prompt
+    from sepcli.gemfilter.reading import DocumentReading
+    from sepcli.models import LoadedModel
 
 QuestionsOpt = Annotated[
     str | None,
@@ -110,6 +110,8 @@ def open_session(
     """Check the cheap inputs (questions, --doc-cache path, the document), then load the model
     (``load_args``: model, device, dtype, threads), check every question fits, and read the document or
     load its reading."""
+    from sepcli.gemfilter.prompt import encode_document
+
     asked = read_questions(questions, doc) if questions else []
     if question is not None:
         asked = [(0, check_question(question))]
@@ -129,6 +131,8 @@ def open_session(
 def prepare_all(lm, doc: DocumentTokens, questions, cfg: QAConfig, where: str) -> list[Prompt]:
     """Every question's prompt, built before any model work: a question that does not fit
     fails here, naming its line."""
+    from sepcli.gemfilter.pipeline import prepare
+
     prompts = []
     for n, question in questions:
         try:
@@ -143,6 +147,8 @@ def prepare_all(lm, doc: DocumentTokens, questions, cfg: QAConfig, where: str) -
 def check_cache_path(cache: str | None, doc_arg: str) -> None:
     """Refuse a --doc-cache that can never be used or written, before the model loads."""
     if cache is not None:
+        from sepcli.gemfilter import doc_cache
+
         path = Path(cache).expanduser()
         doc_cache.check_target(path, doc_arg)
         doc_cache.probe(path)
@@ -153,6 +159,9 @@ def open_reading(
 ) -> DocumentReading:
     """The document's reading: from ``cache`` when it holds this one, else read now (and
     written to ``cache``; :func:`check_cache_path` first). Progress and timings on stderr."""
+    from sepcli.gemfilter import doc_cache
+    from sepcli.gemfilter.reading import identity, layout, make_reading
+
     path = Path(cache).expanduser() if cache else None
     if path is not None:
         if not rebuild:

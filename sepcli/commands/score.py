@@ -220,7 +220,7 @@ def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, l
         bar.close()
     elapsed = time.perf_counter() - start
     err_console.print(
-        f"[dim]score: {written} records, {tokens} tokens in {elapsed:.1f} s "
+        f"[dim]score: {written} record{'' if written == 1 else 's'}, {tokens} tokens in {elapsed:.1f} s "
         f"({written / max(elapsed, 1e-9):.1f} docs/s, {tokens / max(elapsed, 1e-9):.0f} tok/s)[/]"
     )
     if counts.replaced:
@@ -229,7 +229,7 @@ def _score_to_stdout(job, records, counts, skip, skip_bad, total_bytes, files, l
         warn(f"{bad} record(s) could not be scored; passed through with an error field")
     if interrupted:
         err_console.print(
-            f"interrupted: {written} records written; continue with --skip {skip + written} "
+            f"interrupted: {written} record{'' if written == 1 else 's'} written; continue with --skip {skip + written} "
             "(same inputs and --shard)"
         )
         raise typer.Exit(128 + signum)

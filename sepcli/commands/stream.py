@@ -40,11 +40,6 @@ from sepcli.commands.cache_options import (
 from sepcli.commands.interrupt import StopFlag
 from sepcli.commands.stream_view import JsonLines, LiveView
 from sepcli.errors import CheckpointError, ConfigError, InputError
-from sepcli.memory import peak_rss_mb
-from sepcli.separators import separator_mask
-from sepcli.stream import checkpoint
-from sepcli.stream.engine import StreamEngine
-from sepcli.stream.metrics import RunMetrics
 from sepcli.stream.reader import ReadStats, open_input, start_token, stream_tokens
 from sepcli.stream.units import UNITS, UnitTracker, stream_units
 
@@ -104,6 +99,13 @@ def stream(
     threads: ThreadsOpt = None,
 ) -> None:
     """Stream a text of any length through the model with a fixed KV cache; report perplexity."""
+    # torch loads with these, after the options are parsed (`--help` does not wait for it)
+    from sepcli.memory import peak_rss_mb
+    from sepcli.separators import separator_mask
+    from sepcli.stream import checkpoint
+    from sepcli.stream.engine import StreamEngine
+    from sepcli.stream.metrics import RunMetrics
+
     # Every check on user input happens before the model loads and before anything is written.
     config = cache_config(ctx, method, init, sep, window, capacity, chunk)
     if max_tokens is not None and max_tokens < 1:

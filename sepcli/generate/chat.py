@@ -92,12 +92,14 @@ class ChatSession:
         stream: StreamConfig | None = None,
         config: GenerateConfig | None = None,
         system: str | None = None,
+        separators=None,
     ):
         self.model, self.tokenizer = model, tokenizer
         self.stream = stream or StreamConfig()
         self.config = config or GenerateConfig()
         self.format = ChatFormat(tokenizer, system)
-        self._separators = separator_mask(tokenizer)
+        # the [vocab] separator lookup, when the caller has it (a server makes many sessions)
+        self._separators = separator_mask(tokenizer) if separators is None else separators
         self.reset()
 
     def reset(self) -> None:
@@ -129,13 +131,7 @@ class ChatSession:
         """Feed the user's turn, then yield the reply's tokens. Stopping the iteration early
         (Ctrl-C) keeps what was generated: the turn is recorded as interrupted."""
         ids = self.turn_ids(user)
-        engine = self.engine
-        if self.stream.method == "full" and engine.ring.used + len(ids) + 1 > engine.capacity:
-            raise ContextLimitError(
-                f"method 'full' keeps every token and this turn would pass the model's context "
-                f"of {engine.capacity} tokens ({engine.ring.used} used); /reset, or use "
-                "--method sepllm"
-            )
+        self._check_room(len(ids))
         for _ in self.decoder.prefill([ids]):
             pass
         prompt_tokens = self.decoder.prefill_tokens
@@ -157,6 +153,28 @@ class ChatSession:
                     stop_reason=d.stop_reason or "interrupt",
                     decode_tok_per_s=round(d.decode_tok_per_s, 2),
                 )
+            )
+
+    def replay(self, user: str, reply: str) -> None:
+        """Feed an earlier exchange (the user's message, then the reply as text) without
+        generating, so that a conversation read afresh from its history (an API client sends
+        the whole of it) goes on as if it had been held here."""
+        ids = self.turn_ids(user) + self.tokenizer(reply, add_special_tokens=False)["input_ids"]
+        self._check_room(len(ids))
+        for _ in self.decoder.prefill([ids]):
+            pass
+        self.decoder.tail = ""  # the reply's close was not fed: the next turn's text brings it
+        self.turns.append(Turn(user, reply, 0, self.decoder.prefill_tokens, "history", 0.0))
+
+    def _check_room(self, n: int) -> None:
+        """ContextLimitError when ``n`` more tokens (and the reply's first) would pass the
+        model's context under method 'full' (the other methods evict)."""
+        engine = self.engine
+        if self.stream.method == "full" and engine.ring.used + n + 1 > engine.capacity:
+            raise ContextLimitError(
+                f"method 'full' keeps every token and this turn would pass the model's context "
+                f"of {engine.capacity} tokens ({engine.ring.used} used); /reset, or use "
+                "--method sepllm"
             )
 
     def stats(self) -> dict:

@@ -16,16 +16,18 @@ import itertools
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-
-import torch
+from typing import TYPE_CHECKING
 
 from sepcli.errors import ConfigError
 from sepcli.generate.detok import Detokenizer, StopStrings
 from sepcli.generate.sampling import Sampler, SamplingConfig, stop_ids
-from sepcli.separators import separator_mask
 from sepcli.stream.config import StreamConfig
-from sepcli.stream.engine import StreamEngine
 from sepcli.stream.reader import start_token
+
+if TYPE_CHECKING:  # GenerateConfig is read to parse options: torch loads with the engine
+    import torch
+
+    from sepcli.stream.engine import StreamEngine
 
 STOP_REASONS = ("eos", "max", "stop", "interrupt")
 
@@ -115,16 +117,28 @@ class Decoder:
         self.decode_s = 0.0
 
     def prefill(self, blocks: Iterable[Sequence[int]]) -> Iterator:
-        """Feed the pending token and then ``blocks``; yields per-chunk stats."""
-        start, seen = time.perf_counter(), self.engine.seen
+        """Feed the pending token and then ``blocks``; yields per-chunk stats.
+
+        ``prefill_s`` counts the engine's work only: not the time ``blocks`` takes to produce
+        the prompt (reading a file or a pipe, tokenising), nor the caller's time between
+        chunks."""
+        seen, waited = self.engine.seen, [0.0]
         if self.pending is not None:
             blocks = itertools.chain([[self.pending]], blocks)
             self.pending = None
+        self.prefill_s = 0.0
+        chunks = prefill(self.engine, _timed(blocks, waited))
         try:
-            yield from prefill(self.engine, blocks)
+            while True:
+                start = time.perf_counter()
+                stats = next(chunks, None)
+                self.prefill_s += time.perf_counter() - start
+                if stats is None:
+                    return
+                yield stats
         finally:
             self.prefill_tokens = self.engine.seen - seen
-            self.prefill_s = time.perf_counter() - start
+            self.prefill_s -= waited[0]
 
     def decode(
         self, max_new_tokens: int = 0, stop: Sequence[str] = (), ignore_eos: bool = False
@@ -138,7 +152,7 @@ class Decoder:
         """
         detok, stops = Detokenizer(self.tokenizer), StopStrings(stop)
         self.stop_reason, self.tail, self.new_tokens = None, "", 0
-        self.decode_s = 0.0
+        self.decode_s = 0.0  # the decoder's own time: not the caller's between tokens
         start = time.perf_counter()
         try:
             while True:
@@ -160,12 +174,13 @@ class Decoder:
                 elif last:
                     self.stop_reason = "max"
                     text += stops.flush()
-                self.decode_s = time.perf_counter() - start
+                self.decode_s += time.perf_counter() - start
                 yield Token(tok, text)
+                start = time.perf_counter()
                 if self.stop_reason is not None:
                     return
         finally:
-            self.decode_s = time.perf_counter() - start
+            self.decode_s += time.perf_counter() - start
 
     @property
     def decode_tok_per_s(self) -> float:
@@ -183,6 +198,18 @@ class Decoder:
     def load_state_dict(self, state: dict) -> None:
         self.pending = state["pending"]
         self.sampler.load_state_dict(state["sampler"])
+
+
+def _timed(blocks: Iterable[Sequence[int]], waited: list[float]) -> Iterator[Sequence[int]]:
+    """``blocks``, adding the seconds spent waiting for each (and for the end) to waited[0]."""
+    it = iter(blocks)
+    while True:
+        start = time.perf_counter()
+        block = next(it, None)
+        waited[0] += time.perf_counter() - start
+        if block is None:
+            return
+        yield block
 
 
 def prompt_ids(tokenizer, prompt: str | Sequence[int]) -> list[int]:
@@ -204,6 +231,9 @@ def generate(
     >>> for tok in generate(model, tokenizer, "Once upon a time", config=GenerateConfig(64)):
     ...     print(tok.text, end="", flush=True)
     """
+    from sepcli.separators import separator_mask
+    from sepcli.stream.engine import StreamEngine
+
     stream = stream or StreamConfig()
     config = config or GenerateConfig()
     ids = prompt_ids(tokenizer, prompt)

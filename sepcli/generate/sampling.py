@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from sepcli.errors import ConfigError
+
+if TYPE_CHECKING:  # SamplingConfig is read to parse options: torch loads with the first Sampler
+    import torch
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ class Sampler:
     whole chat session) draws from one reproducible sequence."""
 
     def __init__(self, config: SamplingConfig, device: torch.device | str = "cpu"):
+        import torch
+
         self.config = config
         self.generator = None
         if not config.greedy:
@@ -72,6 +76,8 @@ def sample(
     logits: torch.Tensor, config: SamplingConfig, generator: torch.Generator | None = None
 ) -> int:
     """logits [vocab] -> one token id (greedy when ``config.temperature`` is 0)."""
+    import torch
+
     if config.greedy:
         return int(logits.argmax())
     scores = logits.float() / config.temperature  # (V,)

@@ -28,6 +28,7 @@ from typing import BinaryIO
 
 from sepcli.errors import InputError
 from sepcli.score.scorer import DocScore
+from sepcli.stream.metrics import round_ppl
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 REPLACEMENT = "\ufffd".encode()
@@ -193,7 +194,7 @@ def score_fields(score: DocScore, prefix: str) -> dict:
     return {
         f"{prefix}tokens": score.tokens,
         f"{prefix}nll": score.nll,
-        f"{prefix}ppl": score.ppl,
+        f"{prefix}ppl": round_ppl(score.ppl),
     }
 
 

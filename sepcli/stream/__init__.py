@@ -5,6 +5,15 @@ Data flow: :mod:`reader` (bytes -> token ids) -> :mod:`engine` (chunks -> model 
 """
 
 from sepcli.stream.config import METHODS, StreamConfig
-from sepcli.stream.engine import ChunkStats, StreamEngine
 
 __all__ = ["METHODS", "ChunkStats", "StreamConfig", "StreamEngine"]
+
+
+def __getattr__(name: str):
+    # the engine (and torch) load on first use: the CLI reads StreamConfig's defaults to parse
+    # options, and `--help` must not wait for torch
+    if name in ("ChunkStats", "StreamEngine"):
+        from sepcli.stream import engine
+
+        return getattr(engine, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -73,8 +73,8 @@ class RunMetrics:
     def snapshot(self) -> dict:
         return {
             "tokens": self.tokens,
-            "ppl": _round(self.ppl),
-            "recent_ppl": _round(self.recent_ppl),
+            "ppl": round_ppl(self.ppl),
+            "recent_ppl": round_ppl(self.recent_ppl),
             "tok_per_s": round(self.tok_per_s, 1),
             "cache_used": self.cache_used,
             "cache_capacity": self.capacity,
@@ -102,5 +102,6 @@ class RunMetrics:
             self._push(int(n), float(nll))
 
 
-def _round(x: float) -> float | None:
-    return None if math.isnan(x) else round(x, 4)
+def round_ppl(x: float | None) -> float | None:
+    """A perplexity as sepcli reports it: 4 decimals (None for NaN or None)."""
+    return None if x is None or math.isnan(x) else round(x, 4)

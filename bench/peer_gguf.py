@@ -6,6 +6,7 @@ same threads, alternating rounds (issue 26's targets; figures for docs/models.md
                                       [--depth 64]
     python bench/peer_gguf.py read    --model FILE [--threads 2] [--tokens 8000] [--rounds 2]
     python bench/peer_gguf.py load    --model FILE
+    python bench/peer_gguf.py dtypes  --model FILE [--dtypes gguf,auto,int8] [--threads 1,2]
 
 memory: peak RSS (the child's own ru_maxrss, from wait4) of `sepcli stream` over --tokens of the
 essays and of `sepcli generate -n 32`, beside llama-perplexity's and llama-bench's on the same
@@ -87,7 +88,7 @@ def last_json(log: str) -> dict:
     raise ValueError("no JSON line in the output")
 
 
-def sepcli_stream(model: str, text: Path, threads: int) -> dict:
+def sepcli_stream(model: str, text: Path, threads: int, dtype: str = "gguf") -> dict:
     log, _, peak = run_measured(
         sepcli(
             "stream",
@@ -96,7 +97,7 @@ def sepcli_stream(model: str, text: Path, threads: int) -> dict:
             model,
             "--json",
             "--dtype",
-            "gguf",
+            dtype,
             "--device",
             "cpu",
             "--threads",
@@ -105,10 +106,10 @@ def sepcli_stream(model: str, text: Path, threads: int) -> dict:
     )
     s = last_json(log)
     return {"ppl": s["ppl"], "read_per_s": round(s["input_tokens"] / s["elapsed_s"], 1),
-            "peak_rss_gb": round(peak, 3)}  # fmt: skip
+            "dtype": s.get("dtype"), "peak_rss_gb": round(peak, 3)}  # fmt: skip
 
 
-def sepcli_generate(model: str, prompt: Path, threads: int, tokens: int) -> dict:
+def sepcli_generate(model: str, prompt: Path, threads: int, tokens: int, dtype: str = "gguf"):
     log, _, peak = run_measured(
         sepcli(
             "generate",
@@ -120,7 +121,7 @@ def sepcli_generate(model: str, prompt: Path, threads: int, tokens: int) -> dict
             "--ignore-eos",
             "--json",
             "--dtype",
-            "gguf",
+            dtype,
             "--device",
             "cpu",
             "--threads",
@@ -128,7 +129,8 @@ def sepcli_generate(model: str, prompt: Path, threads: int, tokens: int) -> dict
         )  # fmt: skip
     )
     s = last_json(log)
-    return {"decode_tok_per_s": s["decode_tok_per_s"], "peak_rss_gb": round(peak, 3)}
+    return {"decode_tok_per_s": s["decode_tok_per_s"], "dtype": s["dtype"],
+            "peak_rss_gb": round(peak, 3)}  # fmt: skip
 
 
 def llama_perplexity(model: str, text: Path, threads: int, n_ctx: int = 512) -> dict:
@@ -205,6 +207,34 @@ def read(args) -> dict:
             "scored_ratio": round(ours / peer_scored, 2)}  # fmt: skip
 
 
+def dtypes(args) -> dict:
+    """sepcli against itself: each --dtype of --dtypes on the same file (stream read tok/s and
+    ppl, generate decode tok/s), per thread count, alternating rounds: what ``auto`` should
+    pick for a GGUF."""
+    rounds = []
+    with tempfile.TemporaryDirectory() as tmp:
+        text = essays_file(args.model, args.tokens, Path(tmp))
+        prompt = essays_file(args.model, args.depth, Path(tmp))
+        for r in range(args.rounds):
+            for threads in map(int, args.threads.split(",")):
+                for dt in args.dtypes.split(","):
+                    row = {"round": r, "threads": threads, "dtype": dt,
+                           "stream": sepcli_stream(args.model, text, threads, dt),
+                           "generate": sepcli_generate(args.model, prompt, threads, 32, dt)}  # fmt: skip
+                    rounds.append(row)
+                    print(json.dumps(row), file=sys.stderr)
+    best = {}
+    for threads in map(int, args.threads.split(",")):
+        for dt in args.dtypes.split(","):
+            mine = [r for r in rounds if r["threads"] == threads and r["dtype"] == dt]
+            best[f"{dt} t{threads}"] = {
+                "read_per_s": max(r["stream"]["read_per_s"] for r in mine),
+                "ppl": mine[0]["stream"]["ppl"],
+                "decode_tok_per_s": max(r["generate"]["decode_tok_per_s"] for r in mine),
+            }
+    return {"rounds": rounds, "best": best}
+
+
 def load(args) -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as cache:
@@ -224,16 +254,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("mode", choices=("memory", "decode", "read", "load"))
+    parser.add_argument("mode", choices=("memory", "decode", "read", "load", "dtypes"))
     parser.add_argument("--model", required=True, help="a .gguf file")
     parser.add_argument("--threads", default="1,2")
     parser.add_argument("--tokens", type=int, help="memory 2000, decode 64, read 8000")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--depth", type=int, default=64)
+    parser.add_argument("--dtypes", default="gguf,auto,int8", help="dtypes mode: what to compare")
     args = parser.parse_args()
     args.model = str(Path(args.model).resolve())
-    args.tokens = args.tokens or {"memory": 2000, "decode": 64, "read": 8000}.get(args.mode, 0)
-    result = {"memory": memory, "decode": decode, "read": read, "load": load}[args.mode](args)
+    args.tokens = args.tokens or {"memory": 2000, "decode": 64, "read": 8000, "dtypes": 2000}.get(args.mode, 0)
+    modes = {"memory": memory, "decode": decode, "read": read, "load": load, "dtypes": dtypes}
+    result = modes[args.mode](args)
     payload = {"command": command(), "model": Path(args.model).name, **machine(), **result}
     write_result(f"peer_gguf_{args.mode}_{Path(args.model).stem}.json", payload)
     print(json.dumps(result))

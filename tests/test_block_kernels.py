@@ -90,3 +90,17 @@ def test_matmul_falls_back_to_the_reference(monkeypatch):
     x = torch.randn(4, 512, generator=gen)
     assert "SEPCLI_KERNELS=reference" in kq.kernel_name(w)
     assert torch.equal(kq.matmul(x, w), kq.reference_matmul(x, w))
+
+
+@pytest.mark.parametrize("build", BUILDS)
+def test_dense_copy_matches_the_reference(request, build):
+    """sep_block_dequant (the int8/fp32 loads of a GGUF) against the reference dequantisation,
+    every format, a row count and block count that fill no tile."""
+    kern = kernels_for(request, build)
+    gen = torch.Generator().manual_seed(SEED)
+    print(f"seed {SEED}")
+    for qtype in QUANTIZED:
+        w = weight(qtype, 37, 3, gen)
+        ref = kq.dequantize(w)
+        got = kern.block_dequant(w, threads=2)
+        assert torch.allclose(got, ref, rtol=1e-6, atol=1e-6 * ref.abs().max().item()), qtype

@@ -26,6 +26,7 @@ class CpuKernels:
         lib.sep_int8_matvec.argtypes = [_P, _P, _P, _P, _P, _I, _I, _P, _P, _I]
         lib.sep_block_matmul.argtypes = [_I, _P, _P, _I, _I, _P, _I, _P, _I]
         lib.sep_block_type.argtypes = [_I, _P, _P]
+        lib.sep_block_dequant.argtypes = [_I, _P, _I, _I, _P, _I]
         lib.sep_step_kinds_ok.argtypes = [_I, _P]
         lib.sep_step_kinds_ok.restype = _I
         lib.sep_decode_layers.argtypes = [
@@ -77,6 +78,14 @@ class CpuKernels:
             threads,
         )  # fmt: skip
         return y
+
+    def block_dequant(self, w, threads: int) -> torch.Tensor:
+        """A :class:`kernels.quant.BlockTensor` of a format with C kernels -> fp32 [rows, cols]
+        (the same numbers as :func:`kernels.quant.dequantize`, up to fp32 rounding)."""
+        data = w.data if w.data.is_contiguous() else w.data.contiguous()
+        out = torch.empty(w.rows, w.cols)
+        self.lib.sep_block_dequant(w.format.c_type, _ptr(data), w.rows, w.cols, _ptr(out), threads)
+        return out
 
     def decode_layers(self, step: DecodeStep, h, k_ring, v_ring, k_rot, slot_pos, slot: int,
                       q_pos: int, rerotate: bool, cos, sin, threads: int) -> None:  # fmt: skip

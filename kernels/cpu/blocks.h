@@ -12,7 +12,6 @@
  * integer dot products on bytes, a few float operations per 16 weights. A tile is unpacked once
  * into L1 and used against every token of a chunk (sep_block_matmul with T > 1).
  */
-enum { T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0, T_Q4_K, T_Q5_K, T_Q6_K, N_TYPES };
 static const int TYPE_WEIGHTS[N_TYPES] = {32, 32, 32, 32, 32, 256, 256, 256};
 static const int TYPE_BYTES[N_TYPES] = {18, 20, 22, 24, 34, 144, 176, 210};
 
@@ -205,6 +204,9 @@ static float blk_row(const Blk *w, int o, const Act *x) {
     const uint8_t *row = w->data + (size_t)o * rb;
     _Alignas(64) uint8_t u[TILE];
     _Alignas(64) float A[64], B[16], acc[16] = {0};
+    float y;
+    if (fast_row(w->type, row, w->in, x->q, x->dxl, x->dsum, x->s16, &y)) /* isa.h */
+        return w->bias ? y + w->bias[o] : y;
     const int nt = tiles_of(w->in);
     for (int t = 0; t < nt; t++) {
         const size_t at = (size_t)t * rb / nt;
@@ -212,7 +214,7 @@ static float blk_row(const Blk *w, int o, const Act *x) {
         unpack_tile(w, row, t, u, A, B);
         tile_dot(u, A, B, x->q + TILE * t, x->dxl + 64 * t, x->s16 + 16 * t, acc);
     }
-    const float y = hsum16(acc);
+    y = hsum16(acc);
     return w->bias ? y + w->bias[o] : y;
 }
 
@@ -281,4 +283,30 @@ void sep_block_matmul(int type, const uint8_t *data, const float *bias, int out,
         blk_gemm(&w, xs, T, y, threads);
     free(xs);
     free(mem);
+}
+
+/* out [rows][in] fp32 = the weight dequantised (w = a * u + b per 16 weights, blocks.h's tiles):
+ * the fast way to a dense copy (the int8 and fp32 loads of a GGUF), checked against
+ * kernels/quant's reference. Rows split over ``threads``. */
+void sep_block_dequant(int type, const uint8_t *data, int rows, int in, float *out, int threads) {
+    const Blk w = {type, data, NULL, rows, in};
+    const size_t rb = blk_row_bytes(&w);
+    const int nt = tiles_of(in);
+    (void)threads;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+    for (int o = 0; o < rows; o++) {
+        _Alignas(64) uint8_t u[TILE];
+        _Alignas(64) float A[64], B[16];
+        float *y = out + (size_t)o * in;
+        for (int t = 0; t < nt; t++) {
+            unpack_tile(&w, data + (size_t)o * rb, t, u, A, B);
+            const int n = in - t * TILE < TILE ? in - t * TILE : TILE;
+            for (int i = 0; i < n; i++) {
+                const int s = Q8_SIGNED && type == T_Q8_0 ? (int)(int8_t)u[i] : (int)u[i];
+                y[t * TILE + i] = A[i / 4] * (float)s + B[i / 16];
+            }
+        }
+    }
 }

@@ -12,6 +12,8 @@
  *   exp_sum(sc, n, mx)        sc = exp(sc - mx) in place, returns the sum
  *   tile_dot(...)             one 256-weight tile of unpacked blocks (blocks.h) times a token
  *   Q8_SIGNED                 1 where tile_dot multiplies signed bytes (AVX2), 0 unsigned
+ *   fast_row(type, row, ...)  a whole row of blocks in registers for the types an ISA has a
+ *                             row kernel for (returns 0 for the others: blocks.h's tiles run)
  */
 #ifndef SEP_ISA_H
 #define SEP_ISA_H
@@ -29,6 +31,9 @@
 #if SEP_ISA
 #include <immintrin.h>
 #endif
+
+/* The block formats' numbers (c_type in the kernels/quant modules; blocks.h's tables). */
+enum { T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0, T_Q4_K, T_Q5_K, T_Q6_K, N_TYPES };
 
 #define GROUP 32      /* activations are quantised per group of 32 */
 #define TILE 256      /* weights a tile of unpacked blocks holds (blocks.h) */

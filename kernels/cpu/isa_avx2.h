@@ -201,3 +201,10 @@ static inline void tile_dot(const uint8_t *u, const float *A, const float *B, co
     _mm256_storeu_ps(acc, a0);
     _mm256_storeu_ps(acc + 8, a1);
 }
+
+/* No register-unpacked rows on AVX2 yet: every type goes through blocks.h's tiles. */
+static int fast_row(int type, const uint8_t *row, int in, const int8_t *q, const float *dxl,
+                    const float *dsum, const float *s16, float *y) {
+    (void)type, (void)row, (void)in, (void)q, (void)dxl, (void)dsum, (void)s16, (void)y;
+    return 0;
+}

@@ -159,3 +159,166 @@ static inline void tile_dot(const uint8_t *u, const float *A, const float *B, co
     }
     _mm512_storeu_ps(acc, a);
 }
+
+/* Whole rows of the formats most files hold (Q4_K, Q6_K: a Q4_K_M file), unpacked in registers
+ * instead of through blocks.h's tiles: 64 weights per vpdpbusd, their nibbles (and Q6_K's high
+ * bits) spread with shifts and masks. q, dxl, s16, dsum: one token's activations (blocks.h's
+ * Act). Returns 1 with the row's dot product in *y, or 0 for a type without a row kernel (the
+ * tiles then run). */
+static const int32_t Q6K_LANE_SCALE[4][16] = {
+    {0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3},
+    {4, 4, 4, 4, 5, 5, 5, 5, 6, 6, 6, 6, 7, 7, 7, 7},
+    {8, 8, 8, 8, 9, 9, 9, 9, 10, 10, 10, 10, 11, 11, 11, 11},
+    {12, 12, 12, 12, 13, 13, 13, 13, 14, 14, 14, 14, 15, 15, 15, 15}};
+
+static float row_q4_k(const uint8_t *row, int in, const int8_t *q, const float *dxl,
+                      const float *dsum) {
+    const __m512i shifts = _mm512_set_epi64(4, 4, 4, 4, 0, 0, 0, 0), low4 = _mm512_set1_epi8(15);
+    __m512 acc = _mm512_setzero_ps();
+    __m256 accm = _mm256_setzero_ps();
+    for (int sb = 0; sb < in / 256; sb++) {
+        const uint8_t *bl = row + (size_t)sb * 144;
+        _mm_prefetch((const char *)(bl + PREFETCH), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bl + PREFETCH + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(bl + PREFETCH + 128), _MM_HINT_T0);
+        const float d = h2f((uint16_t)(bl[0] | bl[1] << 8)), dmin = h2f((uint16_t)(bl[2] | bl[3] << 8));
+        const uint8_t *s = bl + 4;
+        _Alignas(32) int32_t sc[8], mn[8];
+        for (int j = 0; j < 4; j++) {
+            sc[j] = s[j] & 63, mn[j] = s[j + 4] & 63;
+            sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
+            mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
+        }
+        /* the 8 sub-blocks' offsets: -dmin * mn * dx * sum(q) */
+        accm = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i *)mn)),
+                                             _mm256_set1_ps(dmin)),
+                               _mm256_loadu_ps(dsum + 8 * sb), accm);
+        const __m512 scf = _mm512_castps256_ps512(
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i *)sc)), _mm256_set1_ps(d)));
+        const uint8_t *qs = bl + 16;
+        const int8_t *qa = q + 256 * sb;
+        const float *dl = dxl + 64 * sb;
+        for (int c = 0; c < 4; c++) {
+            const __m512i raw = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(qs + 32 * c)));
+            const __m512i codes = _mm512_and_si512(_mm512_srlv_epi64(raw, shifts), low4);
+            const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes,
+                                                    _mm512_loadu_si512(qa + 64 * c));
+            /* lanes 0-7: sub-block 2c, 8-15: 2c + 1 */
+            const __m512i idx = _mm512_set_epi32(2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c + 1,
+                                                 2 * c + 1, 2 * c + 1, 2 * c + 1, 2 * c, 2 * c, 2 * c,
+                                                 2 * c, 2 * c, 2 * c, 2 * c, 2 * c);
+            const __m512 scale = _mm512_mul_ps(_mm512_permutexvar_ps(idx, scf),
+                                               _mm512_loadu_ps(dl + 16 * c));
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc);
+        }
+    }
+    const __m128 m4 = _mm_add_ps(_mm256_castps256_ps128(accm), _mm256_extractf128_ps(accm, 1));
+    const __m128 m2 = _mm_add_ps(m4, _mm_movehl_ps(m4, m4));
+    return _mm512_reduce_add_ps(acc) - _mm_cvtss_f32(_mm_add_ss(m2, _mm_movehdup_ps(m2)));
+}
+
+static float row_q6_k(const uint8_t *row, int in, const int8_t *q, const float *dxl,
+                      const float *s16) {
+    const __m512i lo4 = _mm512_set1_epi8(15), two = _mm512_set1_epi8(3);
+    const __m512i sh_a = _mm512_set_epi64(2, 2, 2, 2, 0, 0, 0, 0);
+    const __m512i sh_b = _mm512_set_epi64(6, 6, 6, 6, 4, 4, 4, 4);
+    __m512 acc = _mm512_setzero_ps(), accm = _mm512_setzero_ps();
+    for (int sb = 0; sb < in / 256; sb++) {
+        const uint8_t *bl = row + (size_t)sb * 210;
+        for (int p = 0; p < 4; p++) _mm_prefetch((const char *)(bl + PREFETCH + 64 * p), _MM_HINT_T0);
+        const float d = h2f((uint16_t)(bl[208] | bl[209] << 8));
+        const __m512 scf = _mm512_mul_ps(
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(bl + 192)))),
+            _mm512_set1_ps(d)); /* d * scale, per 16 weights */
+        /* the -32 offset: -32 * d * scale * dx * sum(q) per 16 */
+        accm = _mm512_fmadd_ps(scf, _mm512_loadu_ps(s16 + 16 * sb), accm);
+        const int8_t *qa = q + 256 * sb;
+        const float *dl = dxl + 64 * sb;
+        for (int h = 0; h < 2; h++) {
+            const __m512i L = _mm512_loadu_si512(bl + 64 * h);
+            const __m512i H = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(bl + 128 + 32 * h)));
+            const __m512i v0 = _mm512_or_si512(
+                _mm512_and_si512(L, lo4),
+                _mm512_slli_epi64(_mm512_and_si512(_mm512_srlv_epi64(H, sh_a), two), 4));
+            const __m512i v1 = _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi64(L, 4), lo4),
+                _mm512_slli_epi64(_mm512_and_si512(_mm512_srlv_epi64(H, sh_b), two), 4));
+            const int c0 = 2 * h, c1 = 2 * h + 1;
+            const __m512i d0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v0,
+                                                   _mm512_loadu_si512(qa + 64 * c0));
+            const __m512i d1 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), v1,
+                                                   _mm512_loadu_si512(qa + 64 * c1));
+            const __m512 s0 = _mm512_permutexvar_ps(_mm512_loadu_si512(Q6K_LANE_SCALE[c0]), scf);
+            const __m512 s1 = _mm512_permutexvar_ps(_mm512_loadu_si512(Q6K_LANE_SCALE[c1]), scf);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d0), _mm512_mul_ps(s0, _mm512_loadu_ps(dl + 16 * c0)), acc);
+            acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d1), _mm512_mul_ps(s1, _mm512_loadu_ps(dl + 16 * c1)), acc);
+        }
+    }
+    return _mm512_reduce_add_ps(acc) - 32.f * _mm512_reduce_add_ps(accm);
+}
+
+/* Rows of 32-weight blocks (Q4_0, Q4_1, Q8_0), two blocks per vpdpbusd: lanes 0-7 hold block
+ * A's 32 weights, lanes 8-15 block B's; an odd row's last block pairs with zeros. Q4: the 16
+ * bytes' low nibbles are weights 0-15, high ones 16-31; Q8_0's signed codes are made unsigned
+ * (+ 128) and the offset taken back with the activations' sums. */
+static float row_b32(int type, const uint8_t *row, int in, const int8_t *q, const float *dxl,
+                     const float *dsum) {
+    const int nb = in / 32, bytes = type == T_Q4_0 ? 18 : type == T_Q4_1 ? 20 : 34;
+    const int at = type == T_Q4_1 ? 4 : 2; /* where the codes start */
+    const __m512i shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0), low4 = _mm512_set1_epi8(15);
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512 acc = _mm512_setzero_ps();
+    float off = 0.f;
+    for (int b = 0; b < nb; b += 2) {
+        const uint8_t *A = row + (size_t)b * bytes, *B = A + bytes;
+        const int two = b + 1 < nb;
+        _mm_prefetch((const char *)(A + PREFETCH), _MM_HINT_T0);
+        const float dA = h2f((uint16_t)(A[0] | A[1] << 8));
+        const float dB = two ? h2f((uint16_t)(B[0] | B[1] << 8)) : 0.f;
+        __m512i codes;
+        if (type == T_Q8_0) {
+            const __m256i a = _mm256_loadu_si256((const __m256i *)(A + at));
+            const __m256i bb = two ? _mm256_loadu_si256((const __m256i *)(B + at)) : _mm256_set1_epi8((char)0x80);
+            codes = _mm512_xor_si512(_mm512_inserti64x4(_mm512_castsi256_si512(a), bb, 1), flip);
+            off -= 128.f * (dA * dsum[b] + (two ? dB * dsum[b + 1] : 0.f));
+        } else {
+            const __m128i a = _mm_loadu_si128((const __m128i *)(A + at));
+            const __m128i bb = two ? _mm_loadu_si128((const __m128i *)(B + at)) : _mm_setzero_si128();
+            const __m512i raw = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_broadcastsi128_si256(a)), _mm256_broadcastsi128_si256(bb), 1);
+            codes = _mm512_and_si512(_mm512_srlv_epi64(raw, shifts), low4);
+            if (type == T_Q4_0) {
+                off -= 8.f * (dA * dsum[b] + (two ? dB * dsum[b + 1] : 0.f));
+            } else {
+                const float mA = h2f((uint16_t)(A[2] | A[3] << 8));
+                const float mB = two ? h2f((uint16_t)(B[2] | B[3] << 8)) : 0.f;
+                off += mA * dsum[b] + (two ? mB * dsum[b + 1] : 0.f);
+            }
+        }
+        const __m512i qa = two ? _mm512_loadu_si512(q + 32 * b)
+                               : _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 32 * b)));
+        const __m512i dot = _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes,
+                                                two ? qa : _mm512_maskz_mov_epi32(0x00ff, qa));
+        const __m512 scale = _mm512_mask_blend_ps(0xff00, _mm512_set1_ps(dA), _mm512_set1_ps(dB));
+        const __m512 dl = two ? _mm512_loadu_ps(dxl + 8 * b) : _mm512_maskz_loadu_ps(0x00ff, dxl + 8 * b);
+        acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), _mm512_mul_ps(scale, dl), acc);
+    }
+    return _mm512_reduce_add_ps(acc) + off;
+}
+
+static int fast_row(int type, const uint8_t *row, int in, const int8_t *q, const float *dxl,
+                    const float *dsum, const float *s16, float *y) {
+    if (type == T_Q4_K && in % 256 == 0) {
+        *y = row_q4_k(row, in, q, dxl, dsum);
+        return 1;
+    }
+    if (type == T_Q4_0 || type == T_Q4_1 || type == T_Q8_0) {
+        *y = row_b32(type, row, in, q, dxl, dsum);
+        return 1;
+    }
+    if (type == T_Q6_K && in % 256 == 0) {
+        *y = row_q6_k(row, in, q, dxl, s16);
+        return 1;
+    }
+    return 0;
+}

@@ -3,7 +3,8 @@
 One module per format (:mod:`.q4_0`, :mod:`.q4_1`, :mod:`.q5_0`, :mod:`.q5_1`, :mod:`.q8_0`,
 :mod:`.q4_k`, :mod:`.q5_k`, :mod:`.q6_k`, :mod:`.float`) holds its layout and its pure-torch
 reference dequantisation; this module holds the tensor type, :class:`BlockTensor`, and the
-entry points every caller uses: :func:`dequantize` (the reference), :func:`matmul` (the C
+entry points every caller uses: :func:`dequantize` (the reference), :func:`dense` (a whole
+weight dequantised, by the C kernels where built), :func:`matmul` (the C
 kernels of :mod:`kernels.cpu` where they are built, else the reference a block of rows at a
 time) and :func:`kernel_name`.
 
@@ -133,6 +134,15 @@ def matmul(x: torch.Tensor, w: BlockTensor, bias: torch.Tensor | None = None) ->
     from kernels.quant import kernels as _kernels
 
     return _kernels.matmul(x, w, bias)
+
+
+def dense(w: BlockTensor) -> torch.Tensor:
+    """fp32 [rows, cols]: the whole weight dequantised, by the C kernels where they are built
+    (a dense copy for the int8 and fp32 loads of a GGUF; the block path never makes one), else
+    by :func:`dequantize`."""
+    from kernels.quant import kernels as _kernels
+
+    return _kernels.dense(w)
 
 
 def kernel_name(w: BlockTensor) -> str:

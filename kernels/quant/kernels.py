@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels.quant import BlockTensor, reference_matmul
+from kernels.quant import BlockTensor, dequantize, reference_matmul
 
 _folder: Path | None = None
 
@@ -56,6 +56,13 @@ def matmul(x: torch.Tensor, w: BlockTensor, bias: torch.Tensor | None = None) ->
     else:
         y = reference_matmul(x2, w, bias)
     return y.reshape(*lead, w.rows)
+
+
+def dense(w: BlockTensor) -> torch.Tensor:
+    kern = _c_kernels_for(w)
+    if kern is not None:
+        return kern.block_dequant(w, torch.get_num_threads())
+    return dequantize(w)
 
 
 def name(w: BlockTensor) -> str:

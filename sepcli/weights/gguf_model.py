@@ -162,8 +162,11 @@ class _Filler:
         t = self.gf.tensor(name)
         if t.tensor_type.name in quant.SUPPORTED:
             w = quant.from_gguf(t)
-            w = BlockTensor(w.qtype, w.data.to(self.device), w.rows, w.cols)
-            out = quant.dequantize(w).to(self.dtype)
+            if self.device.type == "cpu":  # the C kernels' dequantisation where built
+                out = quant.dense(w).to(self.dtype)
+            else:  # the block bytes to the device, dequantised there
+                w = BlockTensor(w.qtype, w.data.to(self.device), w.rows, w.cols)
+                out = quant.dequantize(w).to(self.dtype)
         else:  # a type the blocks do not run: gguf's own (numpy) dequantisation
             out = _gguf_dequantize(t).to(self.device, self.dtype)
         rows = self._rows(name)

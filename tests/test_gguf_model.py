@@ -162,9 +162,11 @@ def test_tiny_gguf_in_blocks_matches_transformers_fp32(tmp_path, qtype):
         got = lm.model(ids).logits[0]
     err = rel(got, ref)
     print(qtype, "relative logit error, blocks against transformers fp32:", err)
-    # The C kernels quantise activations per block to 8 bits: ~1e-3 relative error; the
-    # reference dequantises exactly (~1e-6).
-    assert err < 2e-2
+    # The C kernels quantise activations to 8 bits per group of 32 (as llama.cpp does): on this
+    # tiny random model 3e-4 (Q4_K) to 2.2e-2 (Q6_K) relative logit error, measured; the
+    # reference (SEPCLI_KERNELS=reference) dequantises exactly and gives 0. The products
+    # themselves are checked to 1e-4 against fp64 in test_block_kernels.py.
+    assert err < 3e-2
     dense = load_model(str(path), device="cpu", dtype="fp32")
     assert not any(isinstance(m, BlockLinear) for m in dense.model.modules())
     with torch.no_grad():
@@ -201,9 +203,11 @@ def test_bf16_dense_and_the_device_path(tmp_path):
     assert err < 3e-2
 
 
-def test_auto_picks_blocks_for_a_supported_gguf_and_info_shows_the_mix(tmp_path):
+def test_info_shows_the_quant_mix_of_a_gguf_in_blocks(tmp_path):
     path = write_gguf(tmp_path / "tiny.gguf", "Q5_K")
-    result = runner.invoke(app, ["info", "-m", str(path), "--device", "cpu", "--json"])
+    result = runner.invoke(
+        app, ["info", "-m", str(path), "--device", "cpu", "--dtype", "gguf", "--json"]
+    )
     assert result.exit_code == 0, result.output
     facts = json.loads(result.stdout)
     assert facts["dtype"] == "gguf"
@@ -291,6 +295,8 @@ def test_stream_runs_on_blocks(tmp_path):
             "-",
             "-m",
             str(path),
+            "--dtype",
+            "gguf",
             "--json",
             "--init",
             "2",

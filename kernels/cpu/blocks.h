@@ -251,9 +251,9 @@ static void blk_gemm(const Blk *w, const Act *xs, int T, float *y, int threads) 
                     unpack_tile(w, w->data + (size_t)(o0 + r) * rb, t, u[r], A[r], B[r]);
                 for (int i = 0; i < nx; i++) {
                     const Act *x = xs + t0 + i;
-                    for (int r = 0; r < nr; r++)
-                        tile_dot(u[r], A[r], B[r], x->q + TILE * t, x->dxl + 64 * t,
-                                 x->s16 + 16 * t, acc[i][r]);
+                    tile_dot_rows(nr, (const uint8_t(*)[TILE])u, (const float(*)[64])A,
+                                  (const float(*)[16])B, x->q + TILE * t, x->dxl + 64 * t,
+                                  x->s16 + 16 * t, acc[i]);
                 }
             }
             for (int i = 0; i < nx; i++)

@@ -322,3 +322,25 @@ static int fast_row(int type, const uint8_t *row, int in, const int8_t *q, const
     }
     return 0;
 }
+
+/* tile_dot for nr rows' tiles against one token (the GEMM's inner step): the token's
+ * activations are loaded once for all the rows. */
+static inline void tile_dot_rows(int nr, const uint8_t (*u)[TILE], const float (*A)[64],
+                                 const float (*B)[16], const int8_t *q, const float *dxl,
+                                 const float *s16, float (*acc)[16]) {
+    __m512i qv[4];
+    __m512 dv[4];
+    for (int c = 0; c < 4; c++)
+        qv[c] = _mm512_loadu_si512(q + 64 * c), dv[c] = _mm512_loadu_ps(dxl + 16 * c);
+    const __m512 sv = _mm512_loadu_ps(s16);
+    for (int r = 0; r < nr; r++) {
+        __m512 a = _mm512_fmadd_ps(_mm512_loadu_ps(B[r]), sv, _mm512_loadu_ps(acc[r]));
+        for (int c = 0; c < 4; c++) {
+            const __m512i d = _mm512_dpbusd_epi32(_mm512_setzero_si512(),
+                                                  _mm512_load_si512(u[r] + 64 * c), qv[c]);
+            a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(d),
+                                _mm512_mul_ps(_mm512_load_ps(A[r] + 16 * c), dv[c]), a);
+        }
+        _mm512_storeu_ps(acc[r], a);
+    }
+}

@@ -117,3 +117,10 @@ static int fast_row(int type, const uint8_t *row, int in, const int8_t *q, const
     (void)type, (void)row, (void)in, (void)q, (void)dxl, (void)dsum, (void)s16, (void)y;
     return 0;
 }
+
+/* tile_dot for nr rows' tiles against one token (the GEMM's inner step). */
+static inline void tile_dot_rows(int nr, const uint8_t (*u)[TILE], const float (*A)[64],
+                                 const float (*B)[16], const int8_t *q, const float *dxl,
+                                 const float *s16, float (*acc)[16]) {
+    for (int r = 0; r < nr; r++) tile_dot(u[r], A[r], B[r], q, dxl, s16, acc[r]);
+}

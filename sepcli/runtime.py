@@ -12,7 +12,8 @@ from sepcli.errors import ConfigError, ModelError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
 # Quantised weights: the name -> the compute dtype of everything that is not quantised.
-QUANT_DTYPES = {"int8": torch.float32}
+# gguf: a GGUF file's tensors kept in their own block formats (sepcli/weights).
+QUANT_DTYPES = {"int8": torch.float32, "gguf": torch.float32}
 
 
 def cpu_flags() -> frozenset[str]:
@@ -36,6 +37,15 @@ def cpu_has_int8_dot() -> bool:
     return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
 
 
+def int8_supported(device: torch.device) -> str | None:
+    """None when the int8 path runs on ``device``, else why not (one line)."""
+    if device.type != "cpu":
+        return f"--dtype int8 runs on a CPU only, not on {device.type}"
+    if not torch.backends.mkldnn.is_available():
+        return "--dtype int8 needs torch built with oneDNN (mkldnn), which this build lacks"
+    return None
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -46,24 +56,33 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> str:
+def resolve_dtype(dtype: str, device: torch.device, gguf_blocks: bool = False) -> str:
     """The --dtype name to load with. auto: bf16 on CUDA and on a CPU with AMX; int8 on another
     CPU with integer dot products that runs it (faster than fp32 and than AVX512-BF16, within 1%
-    perplexity: see docs/models.md); else fp32."""
-    from sepcli.quant import int8_supported
-
+    perplexity: see docs/models.md); else fp32. ``gguf_blocks``: the file is a GGUF whose
+    tensors the block kernels all run; auto does not pick gguf for it yet (the block kernels
+    are not yet faster than the paths above on every measured figure)."""
     if dtype == "auto":
-        if device.type == "cuda" or cpu_has_amx():
+        if device.type == "cuda":
+            return "bf16"
+        if cpu_has_amx():
             return "bf16"
         fast_int8 = cpu_has_int8_dot() and int8_supported(device) is None
         return "int8" if fast_int8 else "fp32"
-    if dtype in QUANT_DTYPES:
+    if dtype == "int8":
         why = int8_supported(device)
         if why is not None:
             raise ModelError(why)
         return dtype
+    if dtype == "gguf":
+        if device.type != "cpu":
+            raise ModelError(
+                f"--dtype gguf runs on a CPU only, not on {device.type} (on a GPU, bf16 "
+                "dequantises the file's tensors on the device)"
+            )
+        return dtype
     if dtype not in DTYPES:
-        raise ModelError(f"unknown --dtype {dtype!r}: use auto, bf16, fp16, fp32 or int8")
+        raise ModelError(f"unknown --dtype {dtype!r}: use auto, gguf, bf16, fp16, fp32 or int8")
     return dtype
 
 

@@ -1,10 +1,10 @@
 """The C one-token kernels (kernels/cpu/decode.c) against their torch references, and the
 decode step built on them against the torch step, fp32 and itself."""
 
+# ruff: noqa: F811  (the shared fixtures of tests/cpu_builds.py, imported)
 from __future__ import annotations
 
 import math
-import platform
 
 import pytest
 import torch
@@ -17,10 +17,10 @@ from sepcli.kernels.cpu.reference import dequantize_q4, q4_matvec_reference
 from sepcli.quant import Int8Linear, cpu_kernels, cpu_kernels_missing, quantize_linears
 from sepcli.stream.config import StreamConfig
 from sepcli.stream.engine import StreamEngine
+from tests.cpu_builds import X86, builds, c_kernels_anywhere, kernels_for, native  # noqa: F401
 from tests.helpers import SHARP, build_tiny_family, round_to_q4_1
 
 SEED = 5
-X86 = platform.machine().lower() in ("x86_64", "amd64")
 
 
 def random_q4(out: int, n_in: int, gen: torch.Generator, bias: bool = False):
@@ -35,49 +35,6 @@ def random_q4(out: int, n_in: int, gen: torch.Generator, bias: bool = False):
 @pytest.fixture(scope="module")
 def ids(essay_ids):
     return essay_ids
-
-
-@pytest.fixture(autouse=True)
-def c_kernels_anywhere(monkeypatch):
-    """The C kernels on any CPU: without AVX512-VNNI they are correct but slower than torch's,
-    and ``auto`` leaves them out (tested below)."""
-    monkeypatch.setenv("SEPCLI_KERNELS", "c")
-
-
-@pytest.fixture
-def native():
-    kern = cpu_kernels()
-    assert kern is not None, cpu_kernels_missing()  # every machine we run on has a C compiler
-    print("build:", kern.isa)
-    return kern
-
-
-# The other paths of decode.c, built for older x86-64 CPUs (this one runs their code too).
-MARCH = {"avx2": ("x86-64-v3", "AVX2"), "plain": ("x86-64", "plain C")}
-
-
-@pytest.fixture(scope="module")
-def builds(tmp_path_factory):
-    made = {}
-
-    def get(name: str):
-        if name not in made:
-            march, isa = MARCH[name]
-            if not X86:
-                pytest.skip(f"-march={march} is an x86-64 build")
-            made[name] = kernels_cpu.load(tmp_path_factory.mktemp(name), march=march)
-            assert made[name] is not None and made[name].isa == isa
-        return made[name]
-
-    return get
-
-
-def kernels_for(request, build: str):
-    return (
-        request.getfixturevalue("native")
-        if build == "native"
-        else request.getfixturevalue("builds")(build)
-    )
 
 
 @pytest.mark.parametrize("build", ["native", "avx2", "plain"])
@@ -149,7 +106,9 @@ def test_native_step_tracks_the_torch_step_and_fp32(
     kern = kernels_for(request, build)
     fp32 = q4_model(tokenizer, family, **SHAPES[family])
     model = q4_model(tokenizer, family, **SHAPES[family])
-    monkeypatch.setattr(sepcli.quant, "cpu_kernels", lambda: kern)  # layers packed for `build`
+    monkeypatch.setattr(
+        sepcli.quant.c_kernels, "cpu_kernels", lambda: kern
+    )  # layers packed for `build`
     quantize_linears(model, tokenizer)
     assert model.model.layers[0].mlp.up_proj.kernels is kern
     c_step, torch_step, ref = (StreamEngine(m, CFG, seps) for m in (model, model, fp32))

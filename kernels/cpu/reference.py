@@ -47,3 +47,17 @@ def q4_matvec_reference(x: torch.Tensor, w: Q4Weight) -> torch.Tensor:
     y = (dx.double()[None] * (step.double() * dots + low.double() * q.sum(-1)[None])).sum(-1)
     y = y.float()
     return y if w.bias is None else y + w.bias
+
+
+def block_matmul_reference(x: torch.Tensor, w, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """What ``sep_block_matmul`` computes for a :class:`kernels.quant.BlockTensor`, in fp64:
+    each token's activation quantised per group of 32 (:func:`quant_groups_reference`), times
+    the weight as :func:`kernels.quant.dequantize` gives it (+ bias) -> [T, rows] fp32."""
+    from ..quant import dequantize
+
+    rows = []
+    for t in x.float():
+        q, dx = quant_groups_reference(t)
+        rows.append((q * dx.double()[:, None]).reshape(-1))
+    y = (torch.stack(rows) @ dequantize(w).double().T).float()
+    return y if bias is None else y + bias

@@ -22,6 +22,7 @@ from sepcli import arch
 from sepcli.errors import CheckpointError, InputError
 from sepcli.files import probe_writable, write_atomic
 from sepcli.quant import is_int8
+from sepcli.weights.blocks import embedding_rows, is_blocks
 
 FORMAT = "sepcli-stream-checkpoint/1"
 
@@ -29,17 +30,18 @@ FORMAT = "sepcli-stream-checkpoint/1"
 def model_fingerprint(model, name: str) -> dict:
     """What must match for a checkpoint to be valid: the model's shape and a weights digest."""
     shape = arch.shape_of(model)
-    emb = arch.backbone(model).embed_tokens.weight
-    sample = emb[:: max(1, emb.shape[0] // 256)].detach().float().cpu().contiguous()
+    emb = arch.backbone(model).embed_tokens
+    vocab = emb.num_embeddings
+    sample = embedding_rows(emb, torch.arange(0, vocab, max(1, vocab // 256))).cpu().contiguous()
     return {
         "name": name,
         "model_type": model.config.model_type,
         "layers": shape.layers,
         "kv_heads": shape.kv_heads,
         "head_dim": shape.head_dim,
-        "vocab_size": int(emb.shape[0]),
+        "vocab_size": int(vocab),
         # int8 linear layers leave the embeddings in fp32: name the quantisation, not them.
-        "dtype": "int8" if is_int8(model) else str(emb.dtype).replace("torch.", ""),
+        "dtype": weights_dtype(model, emb),
         "weights_sha": hashlib.sha256(sample.numpy().tobytes()).hexdigest()[:16],
     }
 
@@ -53,6 +55,15 @@ def run_meta(kind: str, lm, config, **more) -> dict:
         "config": config.to_dict(),
         **more,
     }
+
+
+def weights_dtype(model, emb) -> str:
+    """How the weights are held, as --dtype names it: int8, gguf, or the embedding's dtype."""
+    if is_int8(model):
+        return "int8"
+    if is_blocks(model):
+        return "gguf"
+    return str(emb.weight.dtype).replace("torch.", "")
 
 
 class Checkpointed:

@@ -51,12 +51,12 @@ class RunMetrics:
 
     @property
     def ppl(self) -> float:
-        return math.exp(self.nll_sum / self.tokens) if self.tokens else float("nan")
+        return perplexity(self.nll_sum / self.tokens) if self.tokens else float("nan")
 
     @property
     def recent_ppl(self) -> float:
         return (
-            math.exp(self._window_nll / self._window_tokens)
+            perplexity(self._window_nll / self._window_tokens)
             if self._window_tokens
             else float("nan")
         )
@@ -100,6 +100,15 @@ class RunMetrics:
         self._window_tokens, self._window_nll = 0, 0.0
         for n, nll in state["window"]:
             self._push(int(n), float(nll))
+
+
+MAX_NLL = 700.0  # math.exp overflows past ~709.78: a perplexity is reported as at most e^700
+
+
+def perplexity(mean_nll: float) -> float:
+    """exp(mean NLL), capped at e^MAX_NLL (a random-weight model's NLL can exceed what a float
+    holds; the cap keeps JSON output finite)."""
+    return math.exp(min(mean_nll, MAX_NLL))
 
 
 def round_ppl(x: float | None) -> float | None:

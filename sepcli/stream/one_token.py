@@ -1,4 +1,4 @@
-"""One token through a 4-bit decoder: the decode step, in fewer ops than the general path.
+"""One token through a quantized decoder: the decode step, in fewer ops than the general path.
 
 Feeding one token (a decode step) makes each layer's work a few matrix-vector products and some
 vector arithmetic. In eager PyTorch the general path (:meth:`StreamEngine._forward`, through the
@@ -6,7 +6,7 @@ HF modules and :class:`~sepcli.quant.Int8Linear`) spends longer in ~100 small op
 calls per layer than in the 4-bit products themselves. :class:`OneToken` runs the same block
 (the shape in :mod:`sepcli.arch`):
 
-    x = rms_norm(h) -> q, k, v = 4-bit products -> attention over the ring
+    x = rms_norm(h) -> q, k, v = quantized products -> attention over the ring
     h = h + o(attn);  x = rms_norm(h);  h = h + down(silu(gate(x)) * up(x))
 
 two ways:
@@ -15,14 +15,18 @@ two ways:
   whose plan attends at cache positions (sepllm, full: ``plan.single_step()``). The call writes
   the token's k, v into the ring itself and keeps every slot's key rotated to its cache
   position in :attr:`OneToken.k_rot`, rotating only the new key while no slot moves.
-* **torch**: the block from each layer's tensors, with the same 4-bit products as
-  ``Int8Linear`` and the method's own ``plan.attend``, so the ring is handled by one piece of
-  code; it gives the general path's numbers.
+* **torch**: the block from each layer's tensors, with the same products as the layers' own
+  (``Int8Linear``'s 4-bit one, :func:`sepcli.kernels.quant.matmul`) and the method's own
+  ``plan.attend``, so the ring is handled by one piece of code; it gives the general path's
+  numbers.
 
-It serves a model whose every layer's projections hold exact 4-bit weights
-(:func:`sepcli.quant.exact_int4`: a GGUF Q4_1 model under ``--dtype int8``), with RMSNorm and a
-SiLU-gated MLP (Llama, Mistral, Qwen2); :meth:`OneToken.for_model` returns None for anything
-else, and the general path runs.
+It serves a model whose every layer's projections are either exact 4-bit weights
+(:func:`sepcli.quant.exact_int4`: a GGUF Q4_1 model under ``--dtype int8``) or GGUF blocks (any
+module with a ``.weight_blocks`` :class:`sepcli.kernels.quant.BlockTensor` and a ``.bias``; mixed types
+are fine), with RMSNorm and a SiLU-gated MLP (Llama, Mistral, Qwen2); :meth:`OneToken.for_model`
+returns None for anything else, and the general path runs. The C step takes the block formats
+with C kernels (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K); a model with a float-typed
+projection (F16, BF16, F32) takes the torch step.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from sepcli import arch
+from sepcli.kernels import quant as block_quant
 from sepcli.kernels.cpu import DecodeStep
+from sepcli.kernels.quant import kernels as block_kernels
 from sepcli.kernels.rope import rope_cos_sin
 from sepcli.quant import Int8Linear, int4_linear
 
@@ -52,14 +58,40 @@ class _Layer:
         self.eps = float(layer.input_layernorm.variance_epsilon)
 
 
+def _blocks(m) -> block_quant.BlockTensor | None:
+    """A projection's weight in GGUF blocks (duck-typed: ``.weight_blocks``), or None."""
+    return getattr(m, "weight_blocks", None)
+
+
+def _projection_ok(m) -> bool:
+    return _blocks(m) is not None or (isinstance(m, Int8Linear) and m.has_int4)
+
+
+def _linear(x: torch.Tensor, m) -> torch.Tensor:
+    """x [1, in] through projection m, as its own forward computes it."""
+    w = _blocks(m)
+    return int4_linear(x, m) if w is None else block_quant.matmul(x, w, m.bias)
+
+
+def _c_weight(m):
+    """What the C step reads for projection m (see DecodeStep.build), or None."""
+    w = _blocks(m)
+    if w is None:
+        return m.q4
+    return (w, m.bias) if w.format.c_type >= 0 else None
+
+
+def _rows(w) -> int:
+    return w[0].rows if isinstance(w, tuple) else w.out_features
+
+
 def _eligible(layer) -> bool:
     attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
     if attn is None or mlp is None or hasattr(attn, "q_norm"):  # Qwen3 normalises q, k per head
         return False
     for owner, names in ((attn, _PROJECTIONS), (mlp, _MLP)):
         for name in names:
-            m = getattr(owner, name, None)
-            if not isinstance(m, Int8Linear) or not m.has_int4:
+            if not _projection_ok(getattr(owner, name, None)):
                 return False
     if mlp.gate_proj.bias is not None or mlp.up_proj.bias is not None:
         return False
@@ -72,16 +104,17 @@ def _eligible(layer) -> bool:
 
 
 class OneToken:
-    """The decode step of a 4-bit model: one token's hidden state through every layer.
+    """The decode step of a quantized model: one token's hidden state through every layer.
 
-    model : a *ForCausalLM after :func:`sepcli.quant.quantize_linears`.
+    model : a *ForCausalLM after :func:`sepcli.quant.quantize_linears`, or one whose
+        projections hold GGUF blocks (``.weight_blocks``).
     shape : its :class:`~sepcli.arch.Shape`.
 
-    Where every projection holds the C kernel's layout, a token that attends as the ring-step
+    Where every projection holds a layout the C kernels read, a token that attends as the ring-step
     plans do (sepllm, full) runs the whole stack in one call of ``sep_decode_layers``
     (:mod:`sepcli.kernels.cpu`), which keeps each slot's key rotated to its cache position in
     :attr:`k_rot` and rotates only the new key while no position moves. Other plans (the
-    sliding methods' frames) take the torch step below with the same 4-bit products.
+    sliding methods' frames) take the torch step below with the same products.
     """
 
     def __init__(self, model, shape: arch.Shape):
@@ -89,7 +122,7 @@ class OneToken:
         self.shape = shape
         self.layers = [_Layer(layer) for layer in arch.decoder_layers(model)]
         self.hidden = int(model.config.hidden_size)
-        self.kernels = self.layers[0].q.kernels  # the C kernels the layers were packed for
+        self.kernels = self._kernels()
         self.native = self._native_step(model, shape)
         self.k_rot: torch.Tensor | None = None  # rotated keys, fp32, per layer and kv head
         self._rot_pos: torch.Tensor | None = None  # slot positions k_rot was rotated at
@@ -105,15 +138,25 @@ class OneToken:
             return None
         return cls(model, shape)
 
+    def _kernels(self):
+        """The C kernels the layers were packed for (Int8Linear's), else those of
+        :mod:`sepcli.kernels.quant` for block weights; None where there are none."""
+        for w in self.layers:
+            for n in _NATIVE:
+                m = getattr(w, n)
+                if _blocks(m) is None:
+                    return m.kernels
+        return block_kernels.cpu_kernels()
+
     def _native_step(self, model, shape: arch.Shape) -> DecodeStep | None:
         if self.kernels is None or shape.head_dim > 512:  # decode.c's RoPE buffer
             return None
         layers = []
         for w in self.layers:
-            q4 = {n: getattr(w, n).q4 for n in _NATIVE}
-            if any(v is None for v in q4.values()):
+            weights = {n: _c_weight(getattr(w, n)) for n in _NATIVE}
+            if any(v is None for v in weights.values()):
                 return None
-            layers.append({"ln1": w.ln1, "ln2": w.ln2, **q4})
+            layers.append({"ln1": w.ln1, "ln2": w.ln2, **weights})
         rope = arch.rope_of(model)
         return DecodeStep.build(
             layers,
@@ -121,7 +164,7 @@ class OneToken:
             q_heads=shape.q_heads,
             kv_heads=shape.kv_heads,
             head_dim=shape.head_dim,
-            inter=layers[0]["gate"].out_features,
+            inter=_rows(layers[0]["gate"]),
             rot=2 * rope.inv_freq.numel(),
             eps=self.layers[0].eps,
             scale=shape.scale,
@@ -141,14 +184,14 @@ class OneToken:
         h = arch.embed(self.model, ids[None])[0]  # (1, hidden)
         for i, w in enumerate(self.layers):
             x = F.rms_norm(h, size, w.ln1, w.eps)
-            q = int4_linear(x, w.q).view(1, s.q_heads, 1, s.head_dim)
-            k = int4_linear(x, w.k).view(1, s.kv_heads, 1, s.head_dim)
-            v = int4_linear(x, w.v).view(1, s.kv_heads, 1, s.head_dim)
+            q = _linear(x, w.q).view(1, s.q_heads, 1, s.head_dim)
+            k = _linear(x, w.k).view(1, s.kv_heads, 1, s.head_dim)
+            v = _linear(x, w.v).view(1, s.kv_heads, 1, s.head_dim)
             a = plan.attend(ring, i, q, k, v)  # (1, Hq, 1, D)
-            h = h + int4_linear(a.reshape(1, -1), w.o)
+            h = h + _linear(a.reshape(1, -1), w.o)
             x = F.rms_norm(h, size, w.ln2, w.eps)
-            g, u = int4_linear(x, w.gate), int4_linear(x, w.up)
-            h = h + int4_linear(F.silu(g) * u, w.down)
+            g, u = _linear(x, w.gate), _linear(x, w.up)
+            h = h + _linear(F.silu(g) * u, w.down)
         return h[None]  # (1, 1, hidden)
 
     def _native(self, ids: torch.Tensor, step, ring) -> torch.Tensor:

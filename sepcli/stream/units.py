@@ -13,7 +13,6 @@ is scored given everything before it, through the ring as in a normal stream.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -110,7 +109,9 @@ class UnitTracker:
 
 
 def _exp(x: float) -> float:
-    return round(math.exp(min(x, 700.0)), 4)
+    from sepcli.stream.metrics import perplexity  # metrics imports the engine: late
+
+    return round(perplexity(x), 4)
 
 
 def stream_units(

@@ -131,3 +131,25 @@ def round_to_q4_1(model, group: int = 32) -> None:
                 low = low.half().float()
                 codes = ((g - low) / step).round().clamp(0, 15)
                 w.copy_((low + step * codes).reshape(w.shape))
+
+
+def fifo_with_writer(folder, text: str):
+    """A named pipe in ``folder`` and a started daemon thread that writes ``text`` into it once
+    a reader opens it (pytest.skip where there are no named pipes). -> (path, thread)."""
+    import os
+    import threading
+
+    import pytest
+
+    if not hasattr(os, "mkfifo"):
+        pytest.skip("no named pipes on this platform")
+    fifo = folder / "doc.fifo"
+    os.mkfifo(fifo)
+
+    def write():
+        with open(fifo, "w") as f:  # blocks until a reader opens the pipe
+            f.write(text)
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    return fifo, writer

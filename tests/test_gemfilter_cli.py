@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from sepcli.cli import app
 from sepcli.commands.qa_options import clean_question
 from sepcli.commands.show import shown_ranges
 
-from helpers import build_tiny_llama
+from helpers import build_tiny_llama, fifo_with_writer
 
 runner = CliRunner()
 DOC = "The lighthouse keeper painted the door green. Boats came home at dusk. The bell rang twice."
@@ -425,17 +424,7 @@ def test_undecodable_bytes_in_the_question_are_replaced_with_a_warning(tiny_dir,
 
 
 def test_a_pipe_is_read_like_a_file(tiny_dir, tmp_path):
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no named pipes on this platform")
-    fifo = tmp_path / "doc.fifo"
-    os.mkfifo(fifo)
-
-    def write():
-        with open(fifo, "w") as f:  # blocks until the command opens the pipe
-            f.write(DOC)
-
-    writer = threading.Thread(target=write, daemon=True)
-    writer.start()
+    fifo, writer = fifo_with_writer(tmp_path, DOC)
     try:
         r = invoke("gemfilter", str(fifo), "Boats?", "-m", tiny_dir, "--top-k", "1000")
     finally:

@@ -18,6 +18,8 @@ from sepcli.stream.engine import StreamEngine
 from sepcli.stream.reader import ReadStats, limit, safe_cut, stream_tokens
 from sepcli.texts import essays_text
 
+from helpers import fifo_with_writer
+
 
 def flat(blocks):
     return [i for b in blocks for i in b]
@@ -210,27 +212,17 @@ def test_check_text_file_reads_only_what_it_needs(tmp_path):
 def test_check_text_file_leaves_a_pipe_to_the_reader(tmp_path):
     """A named pipe (or `<(zcat a.gz)`) can be read once: the check must not read it (it would
     wait for the writer and use up the text the command then waits for in vain)."""
-    import os
     import threading
 
     from sepcli.stream.reader import check_text_file, read_text
 
-    if not hasattr(os, "mkfifo"):
-        pytest.skip("no named pipes on this platform")
-    fifo = tmp_path / "doc.fifo"
-    os.mkfifo(fifo)
-
-    def write():
-        with open(fifo, "w") as f:  # blocks until a reader opens the pipe
-            f.write("Boats came home.")
-
+    fifo, _ = fifo_with_writer(tmp_path, "Boats came home.")
     got = []
 
     def check_then_read():
         check_text_file(str(fifo))
         got.append(read_text(str(fifo)))
 
-    threading.Thread(target=write, daemon=True).start()
     run = threading.Thread(target=check_then_read, daemon=True)
     run.start()
     run.join(timeout=30)

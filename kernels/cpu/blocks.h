@@ -139,19 +139,23 @@ static inline size_t blk_row_bytes(const Blk *w) {
 
 static inline int tiles_of(int in) { return (in + TILE - 1) / TILE; }
 
-/* Tile t of a row -> u [256], A [64], B [16] (zero past the row's end). */
-static void unpack_tile(const Blk *w, const uint8_t *row, int t, uint8_t *u, float *A, float *B) {
+/* Tile t of a row -> u [256], a, b [16] (per 16 weights; zero past the row's end). */
+static void unpack_tile_ab(const Blk *w, const uint8_t *row, int t, uint8_t *u, float *a, float *b) {
     const int qk = TYPE_WEIGHTS[w->type], nb = TYPE_BYTES[w->type];
     const int w0 = t * TILE, nw = w->in - w0 < TILE ? w->in - w0 : TILE;
     const unpack_fn f = UNPACK[w->type];
-    float a[16], b[16];
     for (int k = 0; k < nw / qk; k++) f(row + (size_t)(w0 / qk + k) * nb, u + k * qk, a + k * qk / 16, b + k * qk / 16);
     if (nw < TILE) {
         memset(u + nw, 0, TILE - nw);
         for (int k = nw / 16; k < 16; k++) a[k] = b[k] = 0.f;
     }
+}
+
+/* Tile t of a row -> u [256], A [64] (a spread to tile_dot's lanes), B [16]. */
+static void unpack_tile(const Blk *w, const uint8_t *row, int t, uint8_t *u, float *A, float *B) {
+    float a[16];
+    unpack_tile_ab(w, row, t, u, a, B);
     for (int i = 0; i < 64; i++) A[i] = a[i / 4];
-    memcpy(B, b, sizeof b);
 }
 
 /* One token's activations for tiles: q [np] (np = in rounded up to a tile; zeros past in),
@@ -265,20 +269,31 @@ static void blk_gemm(const Blk *w, const Act *xs, int T, float *y, int threads) 
     }
 }
 
+#if SEP_ISA == 2
+#include "panel_avx512.h"
+#endif
+
 /* y [T][out] = x [T][in] W^T (+ bias) for a weight in blocks of ``type`` (T = 1: the
- * matrix-vector product; else the blocked GEMM). */
+ * matrix-vector product; else the blocked GEMM: on AVX512-VNNI from PANEL_MIN_T tokens on, the
+ * panels of panel_avx512.h). */
 void sep_block_matmul(int type, const uint8_t *data, const float *bias, int out, int in,
                       const float *x, int T, float *y, int threads) {
     const Blk w = {type, data, bias, out, in};
     const size_t ab = (act_bytes(in) + 63) / 64 * 64;
-    char *mem = aligned_alloc(64, ab * (size_t)T);
-    Act *xs = malloc(sizeof(Act) * (size_t)T);
+    char *mem = aligned_alloc(64, ab * (size_t)(T + 1));
+    Act *xs = malloc(sizeof(Act) * (size_t)(T + 1));
     for (int i = 0; i < T; i++) {
         xs[i] = act_at(mem + ab * i, in);
         act_quant(x + (size_t)i * in, in, xs + i);
     }
+    memset(mem + ab * T, 0, ab); /* xs[T]: a token of zeros */
+    xs[T] = act_at(mem + ab * T, in);
     if (T == 1)
         blk_matvec(&w, xs, y, threads);
+#if SEP_ISA == 2
+    else if (T >= PANEL_MIN_T)
+        blk_gemm_panels(&w, xs, T, xs + T, y, threads);
+#endif
     else
         blk_gemm(&w, xs, T, y, threads);
     free(xs);

@@ -24,7 +24,7 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 SOURCE = HERE / "decode.c"  # the translation unit; it includes the headers below
-HEADERS = ("isa.h", "isa_avx512.h", "isa_avx2.h", "isa_plain.h", "blocks.h")
+HEADERS = ("isa.h", "isa_avx512.h", "isa_avx2.h", "isa_plain.h", "blocks.h", "panel_avx512.h")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=gnu11")
 # The threads of the C loops: OpenMP where the compiler has it (libgomp: a second OpenMP
 # runtime beside torch's), else one thread. The one place this is chosen.

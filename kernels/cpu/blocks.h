@@ -223,7 +223,7 @@ static float blk_row(const Blk *w, int o, const Act *x) {
 }
 
 static void blk_matvec(const Blk *w, const Act *x, float *y, int threads) {
-    (void)threads;
+    threads = matvec_threads(w->out, w->in, threads);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif

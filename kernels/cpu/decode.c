@@ -32,7 +32,7 @@ void sep_quant_groups(const float *x, int n, int8_t *q, float *dx, float *dsum) 
 
 static void q4_matvec(const Q4 *w, const int8_t *q, const float *dx, const float *dsum, float *y,
                       int threads) {
-    (void)threads;
+    threads = matvec_threads(w->out, w->in, threads);
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
 #endif
@@ -55,7 +55,7 @@ void sep_q4_matvec(const uint8_t *codes, const uint16_t *step, const uint16_t *m
 void sep_int8_matvec(const int8_t *w, const int32_t *row_sums, const float *scale,
                      const float *inv_smooth, const float *bias, int out, int in, const float *x,
                      float *y, int threads) {
-    (void)threads;
+    threads = matvec_threads(out, in, threads);
     float *xs = malloc(sizeof(float) * (size_t)in);
     uint8_t *xu = malloc((size_t)in + 64);
     int8_t *xq = malloc((size_t)in);

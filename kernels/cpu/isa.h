@@ -38,6 +38,13 @@ enum { T_Q4_0, T_Q4_1, T_Q5_0, T_Q5_1, T_Q8_0, T_Q4_K, T_Q5_K, T_Q6_K, N_TYPES }
 #define GROUP 32      /* activations are quantised per group of 32 */
 #define TILE 256      /* weights a tile of unpacked blocks holds (blocks.h) */
 #define PREFETCH 1024 /* bytes of weights read ahead: measured best of 512..4096 */
+/* One token's products split over threads only from this many weights on: a worker that sleeps
+ * between products (OMP_WAIT_POLICY=PASSIVE, sepcli/__main__.py) takes tens of microseconds to
+ * wake, longer than a small product takes on one thread (docs/kernels.md: threads). */
+#define PAR_MIN_WEIGHTS (1L << 21)
+static inline int matvec_threads(long out, long in, int threads) {
+    return out * in >= PAR_MIN_WEIGHTS ? threads : 1;
+}
 
 /* A Q4 weight in decode.c's pair layout (kernels/cpu/layouts.py: pack_q4). */
 typedef struct {

@@ -103,6 +103,7 @@ static inline void panel_run_kind(const Panel *p, const int six, const Act *cons
             }
         } else {
             __m512 h[N];
+            for (int n = 0; n < N; n++) h[n] = _mm512_setzero_ps();
             for (int half = 0; half < 2; half++) {
                 const int s = 2 * g + half;
                 __m512i T[N];
@@ -114,7 +115,7 @@ static inline void panel_run_kind(const Panel *p, const int six, const Act *cons
                 const __m512 A = _mm512_load_ps(p->a[s]), B = _mm512_load_ps(p->b[s]);
                 for (int n = 0; n < N; n++) {
                     const __m512 v = _mm512_cvtepi32_ps(T[n]);
-                    h[n] = half ? _mm512_fmadd_ps(v, A, h[n]) : _mm512_mul_ps(v, A);
+                    h[n] = _mm512_fmadd_ps(v, A, h[n]);
                     ac[n] = _mm512_fmadd_ps(B, _mm512_set1_ps(s16[n][s]), ac[n]);
                 }
             }

@@ -1,11 +1,12 @@
 """Does int8 answer as fp32 does? Short factual questions and a few multi-turn chats, greedy,
 asked through `sepcli chat`'s own code (:class:`sepcli.generate.chat.ChatSession`).
 
-    python bench/int8_answers.py [--variants fp32,int8,...] [--max-new-tokens 48] [--limit N]
+    python bench/int8_answers.py [--variants fp32,gguf,int8,...] [--max-new-tokens 48] [--limit N]
+                                 [--out int8-answers.json]
 
 Each variant runs in its own process (``--one VARIANT``). Per variant: answers judged right
 (an expected string in the reply, case-insensitive) and, against fp32, identical replies and
-the first differing token. Results: bench/results/int8-answers.json.
+the first differing token. Results: bench/results/int8-answers.json (``--out`` another name).
 
 Variants that find where int8 loses (bench only; the library is unchanged): ``chunk`` is the
 path of a prompt's chunks (int8 GEMM or fp32), ``step`` the one-token decode step (``c``: the
@@ -83,6 +84,7 @@ CHATS = [
 
 VARIANTS = {  # name -> (chunk, step, head, SEPCLI_KERNELS)
     "fp32": ("fp32", "fp32", "fp32", None),
+    "gguf": ("gguf", "gguf", "gguf", None),  # the file's own blocks, as shipped (auto's pick)
     "int8": ("int8", "c", "int8", None),
     "int8-ref": ("int8", "c", "int8", "reference"),
     "int8-fp32-head": ("int8", "c", "fp32", None),
@@ -108,8 +110,8 @@ class Switch(nn.Module):
 def build(variant: str, model_name: str):
     """(model, tokenizer, make_one_token or None) for a variant."""
     chunk, step, head, _ = VARIANTS[variant]
-    if variant == "fp32":
-        lm = load_model(model_name, device="cpu", dtype="fp32")
+    if variant in ("fp32", "gguf"):
+        lm = load_model(model_name, device="cpu", dtype=variant)
         return lm.model, lm.tokenizer, None
     q = load_model(model_name, device="cpu", dtype="int8")
     if (chunk, step, head) == ("int8", "c", "int8"):
@@ -185,6 +187,7 @@ def first_difference(a: list[int], b: list[int]) -> int | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--out", default="int8-answers.json", help="result file in bench/results")
     p.add_argument("--model", default="smollm2")
     p.add_argument("--max-new-tokens", type=int, default=48)
     p.add_argument("--threads", type=int, default=1)
@@ -225,7 +228,7 @@ def main() -> None:
         }
         print(json.dumps({name: summary[name]}), file=sys.stderr)
         write_result(
-            "int8-answers.json",
+            args.out,
             {"command": command(), **machine(), "max_new_tokens": args.max_new_tokens,
              "summary": summary, "replies": results},
         )  # fmt: skip

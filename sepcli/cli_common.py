@@ -39,8 +39,9 @@ DtypeOpt = Annotated[
     str,
     typer.Option(
         "--dtype",
-        help="auto | bf16 | fp16 | fp32 | int8 (int8: CPU only; int8 weights and activations in "
-        "the linear layers, fp32 elsewhere).",
+        help="auto | gguf | bf16 | fp16 | fp32 | int8 (gguf: CPU only, a .gguf file's own "
+        "quantized blocks, auto's choice for one where the fast C kernels run; int8: CPU only; "
+        "int8 weights and activations in the linear layers, fp32 elsewhere).",
     ),
 ]
 ThreadsOpt = Annotated[

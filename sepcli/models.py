@@ -18,6 +18,7 @@ import torch
 from sepcli.cachedir import cache_dir  # noqa: F401 - re-exported (gemfilter's calibration cache)
 from sepcli.errors import ModelError, UnsupportedModelError
 from sepcli.kernels import quant as quant_formats
+from sepcli.kernels.quant import kernels as quant_kernels
 from sepcli.quant import is_int8, quantize_linears
 from sepcli.runtime import (
     DTYPE_NAMES,
@@ -178,7 +179,8 @@ def load_model(
     gf = open_gguf(Path(src.path)) if src.kind == "gguf" else None
     from_cache = gf is not None and gf.from_cache
     blocks_ok = gf is not None and gf.unsupported(quant_formats.SUPPORTED) is None
-    name = resolve_dtype(dtype, dev, gguf_blocks=blocks_ok)
+    fast_blocks = blocks_ok and dtype == "auto" and dev.type == "cpu" and quant_kernels.panels()
+    name = resolve_dtype(dtype, dev, gguf_blocks=fast_blocks)
     dt = QUANT_DTYPES.get(name) or DTYPES[name]
     try:
         if gf is not None:

@@ -57,14 +57,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: str, device: torch.device, gguf_blocks: bool = False) -> str:
-    """The --dtype name to load with. auto: bf16 on CUDA and on a CPU with AMX; int8 on another
-    CPU with integer dot products that runs it (faster than fp32 and than AVX512-BF16, within 1%
-    perplexity: see docs/models.md); else fp32. ``gguf_blocks``: the file is a GGUF whose
-    tensors the block kernels all run; auto does not pick gguf for it yet (the block kernels
-    are not yet faster than the paths above on every measured figure)."""
+    """The --dtype name to load with. auto: bf16 on CUDA; on a CPU, gguf for a GGUF file whose
+    every tensor the block kernels run in their fast (AVX512-VNNI) build (``gguf_blocks``: the
+    least memory, no second quantisation, decode and reading at or past llama.cpp's speed); else
+    bf16 on a CPU with AMX; int8 on another CPU with integer dot products that runs it (faster
+    than fp32 and than AVX512-BF16, within 1% perplexity); else fp32. docs/models.md has the
+    measurements behind each choice."""
     if dtype == "auto":
         if device.type == "cuda":
             return "bf16"
+        if gguf_blocks:
+            return "gguf"
         if cpu_has_amx():
             return "bf16"
         fast_int8 = cpu_has_int8_dot() and int8_supported(device) is None

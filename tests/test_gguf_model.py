@@ -333,3 +333,18 @@ def test_dequantize_on_a_device_moves_blocks_not_fp32(tmp_path):
     assert w.dtype == torch.float16 and w.shape == (512, 256)
     assert rel(w.float(), torch.from_numpy(ref).float()) < 1e-3
     assert quant.SUPPORTED >= {"Q6_K"}
+
+
+def test_auto_runs_a_gguf_in_its_blocks_where_the_fast_kernels_are(tmp_path):
+    """auto: --dtype gguf for a GGUF the block kernels run, where they have their AVX512-VNNI
+    build (their measured-fast one); a tensor type they lack keeps the old rule."""
+    from sepcli.kernels.quant import kernels as quant_kernels
+    from sepcli.runtime import resolve_dtype
+
+    fast = quant_kernels.panels()
+    lm = load_model(str(write_gguf(tmp_path / "q4k.gguf", "Q4_K")), device="cpu", dtype="auto")
+    old_rule = resolve_dtype("auto", lm.device)  # what auto picks for any other model
+    assert lm.quant == ("gguf" if fast else "int8" if old_rule == "int8" else None)
+    assert any(isinstance(m, BlockLinear) for m in lm.model.modules()) == fast
+    odd = load_model(str(write_gguf(tmp_path / "q2k.gguf", "Q2_K")), device="cpu", dtype="auto")
+    assert odd.quant == ("int8" if old_rule == "int8" else None)

@@ -101,11 +101,12 @@ def test_auto_dtype_follows_hardware(monkeypatch):
     # an AVX2-only CPU: oneDNN's int8 GEMM has no fast path there, fp32 is the default
     monkeypatch.setattr(runtime, "cpu_has_int8_dot", lambda: False)
     assert resolve_dtype("auto", cpu) == "fp32"
-    # a GGUF whose every tensor the block kernels run still gets what auto picks today: the
-    # blocks read 4x slower than bf16 on SmolLM2 (docs/models.md, bench/peer_gguf.py dtypes)
+    # a GGUF whose every tensor the fast block kernels run: its own blocks, AMX or not
     for amx in (True, False):
         monkeypatch.setattr(runtime, "cpu_has_amx", lambda amx=amx: amx)
-        assert resolve_dtype("auto", cpu, gguf_blocks=True) == resolve_dtype("auto", cpu)
+        assert resolve_dtype("auto", cpu, gguf_blocks=True) == "gguf"
+        assert resolve_dtype("auto", cpu, gguf_blocks=False) == ("bf16" if amx else "fp32")
+    assert resolve_dtype("auto", torch.device("cuda"), gguf_blocks=True) == "bf16"
     assert resolve_dtype("auto", torch.device("cuda")) == "bf16"
     assert resolve_dtype("fp16", cpu) == "fp16"
     with pytest.raises(ModelError, match="int4"):

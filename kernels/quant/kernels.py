@@ -26,6 +26,13 @@ def cpu_kernels():
     return cpu.load(_cache_dir())
 
 
+def panels() -> bool:
+    """True where the C kernels are loaded with their AVX512-VNNI build: the row kernels and the
+    panel GEMM, the block products measured faster than llama.cpp's (docs/models.md)."""
+    kern = cpu_kernels()
+    return kern is not None and kern.isa == "AVX512-VNNI"
+
+
 def why_not() -> str | None:
     from .. import cpu
 

@@ -355,7 +355,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, help="perplexity: 20000; decode: 64")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--dtypes", default="fp32,int8")
+    parser.add_argument("--dtypes", help="sepcli's dtypes (default: fp32,int8; busy: auto)")
     parser.add_argument("--n-ctx", type=int, default=512)
     parser.add_argument("--depth", type=int, default=224, help="decode: context before it")
     parser.add_argument("--busy", type=int, default=2, help="busy: spinning processes")
@@ -367,6 +367,8 @@ def main() -> None:
         return
     if args.tokens is None:
         args.tokens = {"perplexity": 20000, "busy": 4000}.get(args.mode, 64)
+    if args.dtypes is None:
+        args.dtypes = "auto" if args.mode == "busy" else "fp32,int8"
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()  # the machine may be shared: say how busy it was
     result = {"perplexity": perplexity, "decode": decode, "busy": busy}[args.mode](args)
